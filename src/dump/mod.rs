@@ -1,0 +1,244 @@
+//! Dump files: every accepted message as one JSON line in `own/messages_YYYYMMDD_NNNNNNNN.txt`,
+//! rotated on the UTC date and on size, and compressed to `.txt.gz` off the ingest path.
+//! Invariant: a line is in a `.txt.gz` only after that file was fsynced and renamed into place.
+//!
+//! `writer` runs the thread that writes and rotates, `compress` the worker that gzips rotated
+//! files, `names` the file naming rules and `http` the `/dump/` routes.
+
+mod compress;
+mod http;
+mod listing;
+mod names;
+mod status;
+mod writer;
+
+#[cfg(test)]
+mod test_clock;
+#[cfg(test)]
+mod http_tests;
+#[cfg(test)]
+mod writer_tests;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use names::{is_dump_file_name, own_dir, IMPORTED_DIR, IMPORT_DIR, OWN_DIR};
+
+use status::StatusCell;
+use writer::AppendRequest;
+
+/// Settings from the `dump.*` keys.
+#[derive(Debug, Clone)]
+pub struct DumpConfig {
+    pub write_enabled: bool,
+    pub dir: PathBuf,
+    pub rotate_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("dump writer stopped")]
+    Stopped,
+    #[error("dump write failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Source of the current UTC time; tests replace it to cross midnight.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> chrono::DateTime<chrono::Utc>;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+    }
+}
+
+/// A snapshot of the writer's state for `/api/status.json` and `/readyz`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DumpStatus {
+    pub enabled: bool,
+    /// False after a failed write, true again after a batch is written without error.
+    pub healthy: bool,
+    /// Name of the file being written, if one is open.
+    pub current_file: Option<String>,
+    pub lines_written: u64,
+    /// Bytes written including the newline after each line.
+    pub bytes_written: u64,
+    pub rotations: u64,
+    pub compressions: u64,
+    /// Failed writes, flushes, fsyncs and file opens.
+    pub write_errors: u64,
+    /// Message of the latest write error; it stays after the writer recovers.
+    pub last_error: Option<String>,
+    /// Rotated files that could not be compressed and stay `.txt`.
+    pub compression_errors: u64,
+}
+
+/// Handle to the dump writer thread; cheap to clone.
+#[derive(Clone)]
+pub struct DumpWriter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<WriterState>,
+    status: Arc<StatusCell>,
+    /// Becomes `true` when the writer thread has finished; `None` when writing is disabled.
+    stopped: Option<watch::Receiver<bool>>,
+}
+
+enum WriterState {
+    /// `dump.write_enabled = false`: appends are accepted and dropped.
+    Disabled,
+    Running(mpsc::Sender<AppendRequest>),
+    /// `shutdown` was called; dropping the sender let the thread drain and exit.
+    Stopped,
+}
+
+/// Resolves once the lines of one `append` are written to the OS.
+#[must_use = "the lines may not be written yet; call `wait` to learn the outcome"]
+pub struct Written {
+    /// `None` when nothing was queued (empty append, or writing disabled).
+    outcome: Option<oneshot::Receiver<Result<(), DumpError>>>,
+}
+
+impl Written {
+    /// Waits until the writer thread wrote and flushed the lines, or failed to.
+    pub async fn wait(self) -> Result<(), DumpError> {
+        let Some(outcome) = self.outcome else {
+            return Ok(());
+        };
+        match outcome.await {
+            Ok(result) => result,
+            // The writer thread drops a request without sending its outcome only when it panics.
+            Err(_closed) => Err(DumpError::Stopped),
+        }
+    }
+
+    fn completed() -> Self {
+        Self { outcome: None }
+    }
+}
+
+impl DumpWriter {
+    /// Creates `own/`, `import/` and `imported/` under `config.dir` and starts the writer
+    /// thread. With writing disabled it creates nothing and starts nothing.
+    pub fn open(config: &DumpConfig, clock: std::sync::Arc<dyn Clock>) -> Result<Self, DumpError> {
+        if !config.write_enabled {
+            tracing::info!("dump writing disabled; accepted messages are not stored");
+            let status = DumpStatus {
+                enabled: false,
+                healthy: true,
+                ..DumpStatus::default()
+            };
+            return Ok(Self::with_state(WriterState::Disabled, status, None));
+        }
+
+        for sub in [OWN_DIR, IMPORT_DIR, IMPORTED_DIR] {
+            std::fs::create_dir_all(config.dir.join(sub))?;
+        }
+
+        let status = DumpStatus {
+            enabled: true,
+            healthy: true,
+            ..DumpStatus::default()
+        };
+        let (requests, queue) = mpsc::channel(writer::MAX_BATCH_REQUESTS);
+        let (stopped_sender, stopped) = watch::channel(false);
+        let writer = Self::with_state(WriterState::Running(requests), status, Some(stopped));
+
+        writer::spawn(
+            own_dir(&config.dir),
+            config.rotate_bytes,
+            clock,
+            Arc::clone(&writer.inner.status),
+            queue,
+            stopped_sender,
+        )?;
+
+        tracing::info!(dir = %config.dir.display(), rotate_bytes = config.rotate_bytes, "dump writer started");
+        Ok(writer)
+    }
+
+    /// Queues `lines` (JSON objects without CR or LF) behind earlier appends. It waits while
+    /// the queue is full, which slows ingest down to the disk's pace.
+    pub async fn append(&self, lines: Vec<Bytes>) -> Result<Written, DumpError> {
+        let requests = match &*self.lock_state() {
+            WriterState::Disabled => return Ok(Written::completed()),
+            WriterState::Stopped => return Err(DumpError::Stopped),
+            WriterState::Running(requests) => requests.clone(),
+        };
+        if lines.is_empty() {
+            return Ok(Written::completed());
+        }
+
+        let (done, outcome) = oneshot::channel();
+        // The writer thread keeps the receiver until every sender is dropped, and `requests`
+        // is one, so sending fails only after a panic on that thread.
+        if requests.send(AppendRequest { lines, done }).await.is_err() {
+            return Err(DumpError::Stopped);
+        }
+        Ok(Written {
+            outcome: Some(outcome),
+        })
+    }
+
+    pub fn status(&self) -> DumpStatus {
+        self.inner.status.snapshot()
+    }
+
+    /// Stops taking appends, writes everything already queued, fsyncs the current file
+    /// and waits for pending compressions. Every call waits for the same end.
+    pub async fn shutdown(&self) {
+        let previous = std::mem::replace(&mut *self.lock_state(), WriterState::Stopped);
+        let first_call = matches!(previous, WriterState::Running(_));
+        // Dropping the last sender ends the thread's queue after the appends in flight.
+        drop(previous);
+
+        let Some(stopped) = &self.inner.stopped else {
+            return;
+        };
+        let mut stopped = stopped.clone();
+        if stopped.wait_for(|done| *done).await.is_err() {
+            tracing::error!("dump writer thread ended without closing its file; it panicked");
+            return;
+        }
+
+        if !first_call {
+            return;
+        }
+        let status = self.status();
+        tracing::info!(
+            lines_written = status.lines_written,
+            rotations = status.rotations,
+            compressions = status.compressions,
+            "dump writer stopped"
+        );
+    }
+
+    fn with_state(state: WriterState, status: DumpStatus, stopped: Option<watch::Receiver<bool>>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(state),
+                status: Arc::new(StatusCell::new(status)),
+                stopped,
+            }),
+        }
+    }
+
+    // The state is replaced in one assignment, so a poisoned lock still holds a valid value.
+    fn lock_state(&self) -> MutexGuard<'_, WriterState> {
+        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Routes for `/dump/`, `/dump/index.json` and `/dump/NAME`.
+pub fn router(config: &DumpConfig) -> axum::Router {
+    http::router(&own_dir(&config.dir))
+}

@@ -1,0 +1,412 @@
+//! The writer thread: takes append requests in stream-id order, writes each line plus `\n`
+//! to the current file with blocking I/O and rotates between lines, so no file ends with a
+//! partial line. Requests queued together share one flush (group commit) and complete
+//! only after it, or with the error that stopped them.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDate, Utc};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::compress::{self, Compressor};
+use super::names;
+use super::status::StatusCell;
+use super::{Clock, DumpError};
+
+/// Maximum number of requests written under one flush, and the capacity of the queue.
+/// Without the cap, producers that keep the queue full would grow one batch without end
+/// and its first requests would never complete.
+pub(super) const MAX_BATCH_REQUESTS: usize = 1024;
+
+/// Whether each group commit also fsyncs the file. Off: an acknowledged line is in the OS
+/// page cache, which survives a crash of the process but not a power loss or kernel panic.
+/// Rotation and shutdown always fsync.
+const FSYNC_EACH_BATCH: bool = false;
+
+/// Attempts at finding an unused random file name before opening fails. With 10^8 numbers
+/// per day, even one collision is unlikely.
+const MAX_NAME_ATTEMPTS: usize = 100;
+
+/// A full `BufWriter` writes to the OS in the middle of a batch; 64 KiB keeps that rare.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// While writes keep failing, at most one error line per this interval is logged.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Lines of one `append`, and where to send the outcome.
+pub(super) struct AppendRequest {
+    pub(super) lines: Vec<Bytes>,
+    pub(super) done: oneshot::Sender<Result<(), DumpError>>,
+}
+
+/// Starts the writer thread and the compression worker it hands rotated files to. The
+/// thread runs until every sender of `requests` is dropped, then closes the current file,
+/// waits for pending compressions and sets `stopped` to `true`.
+pub(super) fn spawn(
+    own_dir: PathBuf,
+    rotate_bytes: u64,
+    clock: Arc<dyn Clock>,
+    status: Arc<StatusCell>,
+    requests: mpsc::Receiver<AppendRequest>,
+    stopped: watch::Sender<bool>,
+) -> io::Result<()> {
+    let compressor = Compressor::start(Arc::clone(&status))?;
+    let writer = WriterThread {
+        own_dir,
+        rotate_bytes,
+        clock,
+        status,
+        compressor,
+        current: None,
+        error_log: ErrorLog::default(),
+    };
+
+    std::thread::Builder::new()
+        .name("dump-writer".into())
+        .spawn(move || {
+            writer.run(requests);
+            stopped.send_replace(true);
+        })?;
+    Ok(())
+}
+
+/// The file being written.
+struct CurrentFile {
+    name: String,
+    path: PathBuf,
+    /// UTC date in the file name; a line on another date goes to a new file.
+    date: NaiveDate,
+    out: BufWriter<File>,
+    /// Bytes handed to `out`, flushed or not.
+    bytes: u64,
+    /// File length after the last successful commit. Everything before it belongs to
+    /// completed requests, and a broken file is cut back to it.
+    committed_bytes: u64,
+}
+
+impl CurrentFile {
+    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        debug_assert!(
+            !line.iter().any(|&byte| byte == b'\n' || byte == b'\r'),
+            "a dump line must not contain CR or LF"
+        );
+        self.out.write_all(line)?;
+        self.out.write_all(b"\n")?;
+        self.bytes += line.len() as u64 + 1;
+        Ok(())
+    }
+
+    /// Hands buffered lines to the OS, and with `sync` waits until they are on disk.
+    fn commit(&mut self, sync: bool) -> io::Result<()> {
+        self.out.flush()?;
+        if sync {
+            self.out.get_ref().sync_all()?;
+        }
+        self.committed_bytes = self.bytes;
+        Ok(())
+    }
+}
+
+struct WriterThread {
+    own_dir: PathBuf,
+    rotate_bytes: u64,
+    clock: Arc<dyn Clock>,
+    status: Arc<StatusCell>,
+    compressor: Compressor,
+    current: Option<CurrentFile>,
+    error_log: ErrorLog,
+}
+
+impl WriterThread {
+    fn run(mut self, mut requests: mpsc::Receiver<AppendRequest>) {
+        while let Some(first) = requests.blocking_recv() {
+            let mut batch = vec![first];
+
+            // `try_recv` fails when the queue is empty or closed; a closed queue also ends
+            // the outer loop after this batch.
+            while batch.len() < MAX_BATCH_REQUESTS {
+                let Ok(next) = requests.try_recv() else {
+                    break;
+                };
+                batch.push(next);
+            }
+
+            self.write_batch(batch);
+        }
+
+        self.close_at_shutdown();
+        self.compressor.finish();
+    }
+
+    fn write_batch(&mut self, batch: Vec<AppendRequest>) {
+        let mut failures: Vec<Option<io::Error>> = batch.iter().map(|_| None).collect();
+        // Indexes of requests whose lines are written but not committed yet.
+        let mut uncommitted: Vec<usize> = Vec::new();
+
+        for (index, request) in batch.iter().enumerate() {
+            if let Err(error) = self.write_request(&request.lines, &mut uncommitted) {
+                self.record_error(&error);
+                self.abandon_current();
+                for earlier in uncommitted.drain(..) {
+                    failures[earlier] = Some(copy_error(&error));
+                }
+                failures[index] = Some(error);
+                continue;
+            }
+            uncommitted.push(index);
+        }
+
+        if let Err(error) = self.commit_current() {
+            self.record_error(&error);
+            self.abandon_current();
+            for index in uncommitted.drain(..) {
+                failures[index] = Some(copy_error(&error));
+            }
+        }
+
+        self.complete(batch, failures);
+    }
+
+    /// Writes the lines of one request, rotating before any line that belongs in a new
+    /// file. A successful rotation commits the requests in `uncommitted`, so it clears it.
+    /// NOTE: when a request spans a rotation and then fails, its lines before the rotation
+    /// stay in the closed file although its `Written` returns the error.
+    fn write_request(&mut self, lines: &[Bytes], uncommitted: &mut Vec<usize>) -> io::Result<()> {
+        for line in lines {
+            let now = self.clock.now();
+            if self.rotation_due(now) {
+                self.rotate()?;
+                uncommitted.clear();
+            }
+
+            let file = match self.current.take() {
+                Some(file) => file,
+                None => self.open_file(now)?,
+            };
+            self.current.insert(file).write_line(line)?;
+        }
+        Ok(())
+    }
+
+    fn rotation_due(&self, now: DateTime<Utc>) -> bool {
+        let Some(file) = &self.current else {
+            return false;
+        };
+        let date_changed = file.date != now.date_naive();
+        let full = file.bytes > 0 && file.bytes >= self.rotate_bytes;
+        date_changed || full
+    }
+
+    /// Closes the current file with an fsync and queues it for compression.
+    fn rotate(&mut self) -> io::Result<()> {
+        let Some(mut file) = self.current.take() else {
+            return Ok(());
+        };
+        if let Err(error) = file.commit(true) {
+            self.current = Some(file);
+            return Err(error);
+        }
+
+        tracing::info!(file = %file.name, bytes = file.bytes, "dump file rotated");
+        self.status.update(|s| {
+            s.rotations += 1;
+            s.current_file = None;
+        });
+        self.compressor.submit(file.path);
+        Ok(())
+    }
+
+    /// Commits the lines written since the last commit. This is the one place where a group
+    /// commit reaches the OS, and `FSYNC_EACH_BATCH` sets its fsync policy.
+    fn commit_current(&mut self) -> io::Result<()> {
+        match &mut self.current {
+            Some(file) if file.bytes > file.committed_bytes => file.commit(FSYNC_EACH_BATCH),
+            _ => Ok(()),
+        }
+    }
+
+    fn open_file(&self, now: DateTime<Utc>) -> io::Result<CurrentFile> {
+        let date = now.date_naive();
+
+        for _ in 0..MAX_NAME_ATTEMPTS {
+            let name = names::random_file_name(date);
+            let path = self.own_dir.join(&name);
+            if self.own_dir.join(names::compressed_name(&name)).try_exists()? {
+                continue;
+            }
+
+            // `create_new` refuses an existing `.txt`, even one created a moment ago by
+            // another process sharing the directory.
+            let handle = match OpenOptions::new().append(true).create_new(true).open(&path) {
+                Ok(handle) => handle,
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(error) => return Err(error),
+            };
+            // A failed directory fsync only puts the new name at risk on power loss, and the
+            // file itself works, so writing goes on.
+            if let Err(error) = compress::sync_dir(&self.own_dir) {
+                tracing::warn!(file = %name, %error, "fsync of the dump directory failed after creating a file");
+            }
+
+            tracing::info!(file = %name, "dump file opened");
+            self.status.update(|s| s.current_file = Some(name.clone()));
+            return Ok(CurrentFile {
+                name,
+                path,
+                date,
+                out: BufWriter::with_capacity(WRITE_BUFFER_BYTES, handle),
+                bytes: 0,
+                committed_bytes: 0,
+            });
+        }
+
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "found no unused dump file name in {} after {MAX_NAME_ATTEMPTS} attempts",
+                self.own_dir.display()
+            ),
+        ))
+    }
+
+    /// Drops a file after a failed write: buffered lines are discarded and the file is cut
+    /// back to its committed length, so it keeps only lines of completed requests and ends
+    /// with a whole line. An empty file is removed; any other is closed and compressed.
+    fn abandon_current(&mut self) {
+        let Some(file) = self.current.take() else {
+            return;
+        };
+        self.status.update(|s| s.current_file = None);
+        let (handle, _discarded) = file.out.into_parts();
+
+        if file.committed_bytes == 0 {
+            drop(handle);
+            if let Err(error) = fs::remove_file(&file.path) {
+                tracing::warn!(file = %file.name, %error, "could not remove empty broken dump file");
+            }
+            return;
+        }
+
+        let cut = handle
+            .set_len(file.committed_bytes)
+            .and_then(|()| handle.sync_all());
+        match cut {
+            Ok(()) => {
+                tracing::warn!(file = %file.name, bytes = file.committed_bytes, "broken dump file closed; a new file is opened for the next lines");
+                self.compressor.submit(file.path);
+            }
+            Err(error) => {
+                // NOTE: this file may end with a partial line and stays `.txt` until
+                // startup repair cuts it, which this module does not implement yet.
+                tracing::error!(file = %file.name, %error, "could not cut failed lines from broken dump file");
+            }
+        }
+    }
+
+    /// Flushes and fsyncs the current file at shutdown. The file stays `.txt`, because it
+    /// was not rotated.
+    fn close_at_shutdown(&mut self) {
+        let Some(file) = self.current.as_mut() else {
+            return;
+        };
+
+        match file.commit(true) {
+            Ok(()) => {
+                tracing::info!(file = %file.name, bytes = file.bytes, "dump file closed at shutdown");
+                self.current = None;
+                self.status.update(|s| s.current_file = None);
+            }
+            Err(error) => {
+                self.record_error(&error);
+                self.abandon_current();
+            }
+        }
+    }
+
+    /// Updates the counters, then sends each request its outcome, so a caller whose
+    /// `Written` resolved reads a status that includes its lines.
+    fn complete(&mut self, batch: Vec<AppendRequest>, failures: Vec<Option<io::Error>>) {
+        let mut lines_written = 0u64;
+        let mut bytes_written = 0u64;
+        let mut all_written = true;
+        for (request, failure) in batch.iter().zip(&failures) {
+            if failure.is_some() {
+                all_written = false;
+                continue;
+            }
+            lines_written += request.lines.len() as u64;
+            bytes_written += request.lines.iter().map(|line| line.len() as u64 + 1).sum::<u64>();
+        }
+
+        self.status.update(|s| {
+            s.lines_written += lines_written;
+            s.bytes_written += bytes_written;
+            if all_written {
+                s.healthy = true;
+            }
+        });
+        if all_written {
+            self.error_log.recovered();
+        }
+
+        for (request, failure) in batch.into_iter().zip(failures) {
+            let outcome = match failure {
+                Some(error) => Err(DumpError::Io(error)),
+                None => Ok(()),
+            };
+            // A caller that dropped its `Written` does not wait for the outcome.
+            let _ = request.done.send(outcome);
+        }
+    }
+
+    fn record_error(&mut self, error: &io::Error) {
+        let file = self.current.as_ref().map(|file| file.name.clone());
+        self.status.update(|s| {
+            s.healthy = false;
+            s.write_errors += 1;
+            s.last_error = Some(error.to_string());
+        });
+        self.error_log.log(file.as_deref(), error);
+    }
+}
+
+/// Copies an error for each request that shares a failed write, because `io::Error` is
+/// not `Clone`.
+fn copy_error(error: &io::Error) -> io::Error {
+    io::Error::new(error.kind(), error.to_string())
+}
+
+/// Rate limit for write errors, which repeat on every batch while a disk is full.
+#[derive(Default)]
+struct ErrorLog {
+    last_logged: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    fn log(&mut self, file: Option<&str>, error: &io::Error) {
+        let due = self
+            .last_logged
+            .is_none_or(|at| at.elapsed() >= ERROR_LOG_INTERVAL);
+        if !due {
+            self.suppressed += 1;
+            return;
+        }
+
+        tracing::error!(file, %error, suppressed = self.suppressed, "dump write failed; the next append retries");
+        self.last_logged = Some(Instant::now());
+        self.suppressed = 0;
+    }
+
+    fn recovered(&mut self) {
+        if self.last_logged.take().is_some() {
+            tracing::info!(suppressed = self.suppressed, "dump writes succeed again");
+            self.suppressed = 0;
+        }
+    }
+}
