@@ -1,0 +1,483 @@
+//! The embedded broker: rumqttd's router, its MQTT and WebSocket servers, and local links.
+//!
+//! rumqttd's `Broker::start` only logs a listener that fails to bind, so the router and the
+//! servers are started here, and a bind failure stops start-up. Local links are in-process
+//! connections to the router; their blocking sends run on threads of their own so that a
+//! busy router never stalls the async runtime.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::{
+    Filter, Packet, Publish, QoS, RetainForwardRule, Subscribe, SubscribeProperties,
+    SubscribeReasonCode, Unsubscribe,
+};
+use rumqttd::{ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::{Broker, BrokerError, Delivery, Listener, Publication, Session, SessionCommand, SubscriptionId};
+use crate::config::Config;
+
+/// How many times a listener asked to bind port 0 retries when the port it picked was taken
+/// by another process before rumqttd bound it.
+const EPHEMERAL_BIND_ATTEMPTS: usize = 16;
+
+/// Publications queued for the router before `publish` waits, counted in batches.
+const PUBLISH_QUEUE_BATCHES: usize = 256;
+
+/// Seconds a new MQTT connection has to send CONNECT before it is dropped.
+const CONNECT_TIMEOUT_MS: u16 = 10_000;
+
+/// Unacknowledged QoS 1 publishes per MQTT connection.
+const MAX_INFLIGHT: usize = 100;
+
+/// QoS 0 publishes the router hands a subscriber per scheduling round; rumqttd's sample
+/// configuration uses the same value.
+const MAX_OUTGOING_PACKETS: u64 = 200;
+
+type LinkFactory = Arc<dyn Fn(&str) -> Result<(LinkTx, LinkRx), BrokerError> + Send + Sync>;
+
+pub struct EmbeddedBroker {
+    link_factory: LinkFactory,
+    publisher: flume::Sender<Vec<Publication>>,
+    listeners: Vec<Listener>,
+    servers: Vec<JoinHandle<()>>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl EmbeddedBroker {
+    /// Starts the router, binds the MQTT listener (and the WebSocket one unless turned off),
+    /// and opens the publisher's link.
+    pub async fn start(config: &Config) -> Result<Self, BrokerError> {
+        let router = Router::new(0, router_config(config));
+        let router_tx = router.spawn();
+
+        let connections = ConnectionSettings {
+            connection_timeout_ms: CONNECT_TIMEOUT_MS,
+            max_payload_size: config.stream.batch_max_bytes,
+            max_inflight_count: MAX_INFLIGHT,
+            auth: None,
+            external_auth: None,
+            // A publish to a topic no one subscribed to must not create a log for that topic,
+            // or memory would grow with every distinct hashtag.
+            dynamic_filters: false,
+        };
+
+        let mut listeners = Vec::new();
+        let mut servers = Vec::new();
+        let server_tx = router_tx.clone();
+        let make_server = move |settings| Server::new(settings, server_tx.clone(), V4);
+
+        let mqtt = SocketAddr::new(config.bind_address, config.mqtt.port);
+        let (address, task) =
+            bind_server("mqtt", mqtt, LinkType::Remote, &make_server, &connections).await?;
+        listeners.push(Listener { name: "mqtt", address });
+        servers.push(task);
+
+        if let Some(port) = config.mqtt.ws_port {
+            let ws = SocketAddr::new(config.bind_address, port);
+            let (address, task) =
+                bind_server("mqtt_ws", ws, LinkType::Websocket, &make_server, &connections).await?;
+            listeners.push(Listener {
+                name: "mqtt_ws",
+                address,
+            });
+            servers.push(task);
+        }
+
+        let link_factory: LinkFactory = Arc::new(move |client_id| {
+            LinkBuilder::new(client_id, router_tx.clone())
+                .build()
+                .map(|(tx, rx, _ack)| (tx, rx))
+                .map_err(|error| BrokerError::Link(error.to_string()))
+        });
+
+        let healthy = Arc::new(AtomicBool::new(true));
+        let (tx, _rx) = open_link(&link_factory, "lokstream-publisher").await?;
+        let (publisher, queue) = flume::bounded(PUBLISH_QUEUE_BATCHES);
+        spawn_publisher_thread(tx, queue, healthy.clone())?;
+
+        Ok(EmbeddedBroker {
+            link_factory,
+            publisher,
+            listeners,
+            servers,
+            healthy,
+        })
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        for server in &self.servers {
+            server.abort();
+        }
+    }
+}
+
+impl Broker for EmbeddedBroker {
+    fn publish(&self, batch: Vec<Publication>) -> BoxFuture<'_, Result<(), BrokerError>> {
+        async move {
+            self.publisher
+                .send_async(batch)
+                .await
+                .map_err(|_| BrokerError::Stopped)
+        }
+        .boxed()
+    }
+
+    fn open_session(
+        &self,
+        name: &str,
+        queue: usize,
+    ) -> BoxFuture<'_, Result<(Session, mpsc::Receiver<Delivery>), BrokerError>> {
+        let name = name.to_string();
+        async move {
+            let (tx, rx) = open_link(&self.link_factory, &name).await?;
+            let pending: PendingAcks = Arc::default();
+            let (commands, command_queue) = flume::unbounded();
+            let (deliveries, receiver) = mpsc::channel(queue);
+
+            spawn_session_thread(&name, tx, command_queue, pending.clone(), self.healthy.clone())?;
+            tokio::spawn(read_session(name, rx, deliveries, pending, self.healthy.clone()));
+            Ok((Session::new(commands), receiver))
+        }
+        .boxed()
+    }
+
+    fn listeners(&self) -> Vec<Listener> {
+        self.listeners.clone()
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+fn router_config(config: &Config) -> RouterConfig {
+    RouterConfig {
+        max_connections: config.mqtt.max_connections,
+        max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
+        max_segment_size: config.mqtt.log_segment_bytes,
+        max_segment_count: config.mqtt.log_segments,
+        ..RouterConfig::default()
+    }
+}
+
+/// Connecting a local link waits for the router's acknowledgement on a blocking channel.
+async fn open_link(factory: &LinkFactory, client_id: &str) -> Result<(LinkTx, LinkRx), BrokerError> {
+    let factory = factory.clone();
+    let client_id = client_id.to_string();
+    tokio::task::spawn_blocking(move || factory(&client_id))
+        .await
+        .map_err(|error| BrokerError::Link(format!("link set-up failed: {error}")))?
+}
+
+/// Starts one rumqttd server and returns the address it bound.
+///
+/// `Server::start` binds before its first await point and then waits in `accept`, so one
+/// poll tells whether the bind worked. For port 0 a free port is picked first, since the
+/// server cannot report the port it bound; a port taken in between is retried.
+///
+/// `make_server` captures the router's sender, whose item type rumqttd keeps private.
+async fn bind_server(
+    name: &'static str,
+    requested: SocketAddr,
+    link_type: LinkType,
+    make_server: &impl Fn(ServerSettings) -> Server<V4>,
+    connections: &ConnectionSettings,
+) -> Result<(SocketAddr, JoinHandle<()>), BrokerError> {
+    let attempts = if requested.port() == 0 { EPHEMERAL_BIND_ATTEMPTS } else { 1 };
+    let mut last_error = None;
+
+    for _ in 0..attempts {
+        let address = match requested.port() {
+            0 => pick_free_port(requested).map_err(|source| BrokerError::Bind {
+                name,
+                address: requested,
+                source,
+            })?,
+            _ => requested,
+        };
+        let settings = ServerSettings {
+            name: name.to_string(),
+            listen: address,
+            tls: None,
+            next_connection_delay_ms: 0,
+            connections: connections.clone(),
+        };
+        let mut server = make_server(settings);
+        let mut run: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+            Box::pin(async move { server.start(link_type).await.map_err(|error| io_error(&error)) });
+
+        match std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await {
+            Poll::Pending => {
+                let task = tokio::spawn(async move {
+                    if let Err(error) = run.await {
+                        tracing::error!(listener = name, %error, "MQTT listener stopped");
+                    }
+                });
+                return Ok((address, task));
+            }
+            Poll::Ready(Err(error)) => {
+                let retry = error.kind() == std::io::ErrorKind::AddrInUse;
+                last_error = Some(error);
+                if !retry {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(())) => {
+                last_error = Some(std::io::Error::other("listener returned at once"));
+                break;
+            }
+        }
+    }
+
+    Err(BrokerError::Bind {
+        name,
+        address: requested,
+        source: last_error.unwrap_or_else(|| std::io::Error::other("no bind attempt was made")),
+    })
+}
+
+/// rumqttd's server error type is private; its I/O cause carries the kind callers need.
+fn io_error(error: &(dyn std::error::Error + 'static)) -> std::io::Error {
+    let kind = error
+        .source()
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .map_or(std::io::ErrorKind::Other, std::io::Error::kind);
+    std::io::Error::new(kind, error.to_string())
+}
+
+fn pick_free_port(requested: SocketAddr) -> std::io::Result<SocketAddr> {
+    let probe = StdTcpListener::bind(requested)?;
+    probe.local_addr()
+}
+
+/// Sends publications to the router in order, one router wake-up per batch.
+fn spawn_publisher_thread(
+    mut tx: LinkTx,
+    queue: flume::Receiver<Vec<Publication>>,
+    healthy: Arc<AtomicBool>,
+) -> Result<(), BrokerError> {
+    let run = move || {
+        while let Ok(batch) = queue.recv() {
+            let Some((last, rest)) = batch.split_last() else {
+                continue;
+            };
+            {
+                let mut buffer = tx.buffer();
+                for publication in rest {
+                    buffer.push_back(publish_packet(publication));
+                }
+            }
+            if let Err(error) = tx.publish(last.topic.clone(), last.payload.clone()) {
+                tracing::error!(%error, "broker publisher link failed; channels are no longer published");
+                healthy.store(false, Ordering::Relaxed);
+                return;
+            }
+        }
+    };
+    std::thread::Builder::new()
+        .name("broker-publish".into())
+        .spawn(run)
+        .map(drop)
+        .map_err(|error| BrokerError::Link(format!("cannot start the publisher thread: {error}")))
+}
+
+fn publish_packet(publication: &Publication) -> Packet {
+    let topic = Bytes::copy_from_slice(publication.topic.as_bytes());
+    Packet::Publish(Publish::new(topic, publication.payload.clone(), false), None)
+}
+
+/// Subscriptions waiting for their SUBACK, by packet id.
+type PendingAcks = Arc<Mutex<HashMap<u16, (String, oneshot::Sender<Result<(), BrokerError>>)>>>;
+
+/// Turns session commands into SUBSCRIBE and UNSUBSCRIBE packets on the link.
+fn spawn_session_thread(
+    name: &str,
+    mut tx: LinkTx,
+    commands: flume::Receiver<SessionCommand>,
+    pending: PendingAcks,
+    healthy: Arc<AtomicBool>,
+) -> Result<(), BrokerError> {
+    let runtime = tokio::runtime::Handle::current();
+    let session = name.to_string();
+    let run = move || {
+        let mut next_pkid: u16 = 0;
+        while let Ok(command) = commands.recv() {
+            next_pkid = next_pkid.checked_add(1).unwrap_or(1);
+            let packet = match command {
+                SessionCommand::Subscribe { filter, id, done } => {
+                    let packet = subscribe_packet(next_pkid, &filter, id);
+                    lock(&pending).insert(next_pkid, (filter, done));
+                    packet
+                }
+                SessionCommand::Unsubscribe { filter } => Packet::Unsubscribe(
+                    Unsubscribe {
+                        pkid: next_pkid,
+                        filters: vec![filter],
+                    },
+                    None,
+                ),
+            };
+            // `LinkTx::send` never awaits; it blocks on the router's channel when full,
+            // which is why it runs on this thread.
+            if let Err(error) = runtime.block_on(tx.send(packet)) {
+                tracing::error!(session, %error, "broker session link failed");
+                healthy.store(false, Ordering::Relaxed);
+                return;
+            }
+        }
+    };
+    std::thread::Builder::new()
+        .name(format!("broker-{name}"))
+        .spawn(run)
+        .map(drop)
+        .map_err(|error| BrokerError::Link(format!("cannot start the session thread: {error}")))
+}
+
+fn subscribe_packet(pkid: u16, filter: &str, id: SubscriptionId) -> Packet {
+    let filter = Filter {
+        path: filter.to_string(),
+        qos: QoS::AtMostOnce,
+        nolocal: false,
+        preserve_retain: false,
+        retain_forward_rule: RetainForwardRule::Never,
+    };
+    let properties = SubscribeProperties {
+        id: Some(id),
+        user_properties: Vec::new(),
+    };
+    Packet::Subscribe(
+        Subscribe {
+            pkid,
+            filters: vec![filter],
+        },
+        Some(properties),
+    )
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Reads the link: forwards deliveries, completes subscriptions, answers `Unschedule`, and
+/// reports messages the router skipped.
+async fn read_session(
+    name: String,
+    mut rx: LinkRx,
+    deliveries: mpsc::Sender<Delivery>,
+    pending: PendingAcks,
+    healthy: Arc<AtomicBool>,
+) {
+    // The log offset of the last delivery per subscription. Offsets of one filter's log are
+    // consecutive, so a step of more than one means the router dropped messages.
+    let mut offsets: HashMap<SubscriptionId, u64> = HashMap::new();
+
+    loop {
+        let notification = match rx.next().await {
+            Ok(Some(notification)) => notification,
+            Ok(None) => continue,
+            Err(error) => {
+                if !deliveries.is_closed() {
+                    tracing::error!(session = name, %error, "broker session ended");
+                    healthy.store(false, Ordering::Relaxed);
+                }
+                return;
+            }
+        };
+
+        match notification {
+            Notification::Forward(forward) => {
+                let Some(subscription) = forward
+                    .properties
+                    .as_ref()
+                    .and_then(|properties| properties.subscription_identifiers.first().copied())
+                else {
+                    tracing::warn!(session = name, "delivery without a subscription id dropped");
+                    continue;
+                };
+
+                if let Some((_, offset)) = forward.cursor {
+                    let lost = match offsets.insert(subscription, offset) {
+                        Some(previous) if offset > previous + 1 => offset - previous - 1,
+                        _ => 0,
+                    };
+                    if lost > 0 {
+                        let report = Delivery::Lost {
+                            subscription,
+                            count: lost,
+                        };
+                        if deliveries.send(report).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+
+                let message = Delivery::Message {
+                    subscription,
+                    topic: forward.publish.topic,
+                    payload: forward.publish.payload,
+                };
+                if deliveries.send(message).await.is_err() {
+                    return;
+                }
+            }
+            Notification::Unschedule => {
+                // The router stops serving this link until told it is ready again.
+                if let Err(error) = rx.wake().await {
+                    tracing::error!(session = name, %error, "cannot reschedule broker session");
+                    healthy.store(false, Ordering::Relaxed);
+                    return;
+                }
+            }
+            Notification::DeviceAck(_) => complete_ack(&name, notification, &pending),
+            Notification::Disconnect(..) => {
+                tracing::error!(session = name, "the broker disconnected a session");
+                healthy.store(false, Ordering::Relaxed);
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn complete_ack(session: &str, notification: Notification, pending: &PendingAcks) {
+    // rumqttd keeps its `Ack` type private; its conversion to a packet is public.
+    let packet: Option<Packet> = notification.into();
+    let Some(Packet::SubAck(ack, _)) = packet else {
+        return;
+    };
+    let Some((filter, done)) = lock(pending).remove(&ack.pkid) else {
+        tracing::warn!(session, pkid = ack.pkid, "SUBACK for an unknown subscription");
+        return;
+    };
+    let accepted = ack.return_codes.iter().all(|code| {
+        matches!(
+            code,
+            SubscribeReasonCode::QoS0
+                | SubscribeReasonCode::QoS1
+                | SubscribeReasonCode::QoS2
+                | SubscribeReasonCode::Success(_)
+        )
+    });
+    let result = if accepted {
+        Ok(())
+    } else {
+        Err(BrokerError::SubscriptionRejected(filter))
+    };
+    // The subscriber may have gone away meanwhile; then no one waits for the answer.
+    let _ = done.send(result);
+}

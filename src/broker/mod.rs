@@ -1,0 +1,83 @@
+//! The MQTT broker as the rest of the server sees it: publish in order, and open sessions
+//! that carry many subscriptions over one broker connection.
+//!
+//! Every delivery names the subscription it belongs to, so one session can serve any number
+//! of overlapping filters. The ingest loop, the publisher and the hub use only this module's
+//! types; which broker sits behind them is decided once, in `server`.
+
+pub mod embedded;
+mod session;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+
+pub use session::{Session, SessionCommand, SubscriptionId};
+
+/// One message for one topic.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub topic: String,
+    pub payload: Bytes,
+}
+
+/// What a session receives.
+#[derive(Debug)]
+pub enum Delivery {
+    Message {
+        subscription: SubscriptionId,
+        topic: Bytes,
+        payload: Bytes,
+    },
+    /// The broker dropped `count` messages of this subscription because the session fell
+    /// too far behind.
+    Lost {
+        subscription: SubscriptionId,
+        count: u64,
+    },
+}
+
+/// A listening socket of the broker, for logs and `/api/status.json`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listener {
+    pub name: &'static str,
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot bind the {name} listener to {address}: {source}")]
+    Bind {
+        name: &'static str,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the broker stopped")]
+    Stopped,
+    #[error("broker link failed: {0}")]
+    Link(String),
+    #[error("the broker rejected the subscription to '{0}'")]
+    SubscriptionRejected(String),
+}
+
+/// The broker behind the publisher, the ingest loop and the hub.
+pub trait Broker: Send + Sync + 'static {
+    /// Hands publications to the broker in order; waits while the broker is behind.
+    fn publish(&self, batch: Vec<Publication>) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// Opens a session named `name` (the MQTT client id), and returns its control handle and
+    /// its deliveries, queued up to `queue` deep.
+    fn open_session(
+        &self,
+        name: &str,
+        queue: usize,
+    ) -> BoxFuture<'_, Result<(Session, mpsc::Receiver<Delivery>), BrokerError>>;
+
+    /// Sockets the broker listens on; empty for an external broker.
+    fn listeners(&self) -> Vec<Listener>;
+
+    /// Whether the broker and every link to it are working.
+    fn is_healthy(&self) -> bool;
+}
