@@ -1,0 +1,168 @@
+//! The HTTP API: push, stream, dumps, health and status, built in one router.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::broker::{Broker, Listener};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::publisher::{Origin, PublishError, Publisher};
+use crate::sse::{self, StreamState};
+use crate::stats::{RejectReason, Stats};
+use crate::dump::DumpWriter;
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub publisher: Arc<Publisher>,
+    pub broker: Arc<dyn Broker>,
+    pub hub: Arc<Hub>,
+    pub dump: DumpWriter,
+    pub stats: Arc<Stats>,
+    pub started: Instant,
+    pub http_address: std::net::SocketAddr,
+    pub stream: StreamState,
+}
+
+/// A JSON error body: `{"error": message}`.
+pub fn json_error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut app = Router::new()
+        .route("/api/push.json", post(push))
+        .route("/api/status.json", get(status))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state.clone());
+
+    if state.config.stream.enabled {
+        let stream = Router::new()
+            .route("/api/stream.json", get(sse::stream).options(sse::preflight))
+            .with_state(state.stream.clone());
+        app = app.merge(stream);
+    }
+
+    app.merge(crate::dump::router(&state.config.dump))
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not found") })
+}
+
+/// `POST /api/push.json`: a JSON body, or a form with the JSON in field `data`.
+///
+/// 200 means every message was accepted (or was a duplicate) and written to the dump file.
+async fn push(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let max = state.config.stream.batch_max_bytes;
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/x-www-form-urlencoded"));
+    // Percent-encoding can triple the size of a form field.
+    let limit = if is_form { max.saturating_mul(3) } else { max };
+
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(body) => body,
+        Err(_) => {
+            state.stats.reject(RejectReason::PayloadTooLarge);
+            let message = format!("request body is larger than {limit} bytes (stream.batch.max_bytes)");
+            return json_error(StatusCode::PAYLOAD_TOO_LARGE, &message);
+        }
+    };
+
+    let payload = if is_form {
+        let data = form_urlencoded::parse(&body).find(|(key, _)| key == "data");
+        match data {
+            Some((_, value)) => Bytes::from(value.into_owned()),
+            None => {
+                state.stats.reject(RejectReason::InvalidJson);
+                return json_error(StatusCode::BAD_REQUEST, "form has no field 'data'");
+            }
+        }
+    } else {
+        body
+    };
+
+    let outcome = match state.publisher.publish(&payload, Origin::Http).await {
+        Ok(outcome) => outcome,
+        Err(PublishError::Rejected(rejection)) => {
+            let body = json!({ "error": rejection.detail, "reason": rejection.reason, "index": rejection.index });
+            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        }
+        Err(error) => {
+            tracing::error!(%error, "push failed");
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, "the server cannot store messages right now; retry later");
+        }
+    };
+
+    if let Err(error) = outcome.written.wait().await {
+        tracing::error!(%error, "push not written to the dump");
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "the dump write failed; retry later");
+    }
+    Json(json!({ "accepted": outcome.accepted, "duplicates": outcome.duplicates })).into_response()
+}
+
+async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+/// Ready when the broker links, the hub and the dump writer all work.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let dump = state.dump.status();
+    let checks = json!({
+        "broker": state.broker.is_healthy(),
+        "hub": state.hub.is_running(),
+        "dump": !dump.enabled || dump.healthy,
+    });
+    let ready = checks.as_object().is_some_and(|checks| checks.values().all(|ok| ok == true));
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "ready": ready, "checks": checks }))).into_response()
+}
+
+async fn status(State(state): State<AppState>) -> Response {
+    let stats = &state.stats;
+    let rejected: serde_json::Map<String, serde_json::Value> = RejectReason::ALL
+        .iter()
+        .map(|reason| (reason.as_str().to_string(), stats.rejected(*reason).into()))
+        .collect();
+    let mut addresses = json!({ "http": state.http_address });
+    for Listener { name, address } in state.broker.listeners() {
+        addresses[name] = json!(address);
+    }
+
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": state.started.elapsed().as_secs(),
+        "addresses": addresses,
+        "messages": {
+            "accepted": Stats::get(&stats.messages_accepted),
+            "duplicates": Stats::get(&stats.messages_duplicate),
+            "rejected": rejected,
+        },
+        "channels": {
+            "publishes": Stats::get(&stats.channel_publishes),
+            "dropped": Stats::get(&stats.channels_dropped),
+        },
+        "broker": {
+            "healthy": state.broker.is_healthy(),
+            "messages_lost": Stats::get(&stats.broker_messages_lost),
+        },
+        "hub": state.hub.status(),
+        "sse": {
+            "connections_open": Stats::get(&stats.sse_connections_open),
+            "connections_total": Stats::get(&stats.sse_connections_total),
+            "events_sent": Stats::get(&stats.sse_events_sent),
+            "slow_disconnects": Stats::get(&stats.sse_slow_disconnects),
+        },
+        "dump": state.dump.status(),
+    }))
+    .into_response()
+}
