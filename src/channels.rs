@@ -308,11 +308,11 @@ fn for_each_hashtag<'t>(text: &'t str, mut found: impl FnMut(&'t str)) {
 
 /// Calls `found` with each @mention in `text`, without the `@`, in order of appearance.
 ///
-/// The `@` must not follow a word character, `.`, `-` or `+`, so e-mail addresses such as
-/// `a.b@example.org` are not mentions, and neither is the `.@name` form of a public reply.
-/// For a Mastodon address `@user@host.social` only `user` is returned.
+/// The `@` must not follow a word character, `-` or `+`, so e-mail addresses such as
+/// `a.b@example.org` are not mentions. The `.@name` form of a public reply is a mention,
+/// as on Twitter. For a Mastodon address `@user@host.social` only `user` is returned.
 fn for_each_mention<'t>(text: &'t str, found: impl FnMut(&'t str)) {
-    for_each_signed_name(text, |c| c == '@', &['.', '-', '+'], found);
+    for_each_signed_name(text, |c| c == '@', &['-', '+'], found);
 }
 
 /// Returns the account name of a collector-supplied mention: without a leading '@' and, for
@@ -589,7 +589,7 @@ mod tests {
                 source_type: Some("TWITTER"),
                 screen_name: Some("user_1415"),
                 text: ".@user_1475 stores reopen after computer glitch http://yhoo.it/1ECu0Jf",
-                expected: &["all", "twitter", "twitter/user/user_1415"],
+                expected: &["all", "twitter", "twitter/user/user_1415", "twitter/mention/user_1475"],
             },
             Case {
                 name: "tags glued to emoji",

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use lokstream::collector::{self, PublishOptions};
+use lokstream::collector::{self, PublishArgs, PublishOptions};
 use lokstream::config::Config;
 use lokstream::{logging, server};
 
@@ -29,22 +29,7 @@ enum Command {
     /// Run the server (the default).
     Run,
     /// Replay a JSON-lines file (.txt or .txt.gz) into a server over MQTT.
-    Publish {
-        /// The file to replay, one JSON object a line.
-        file: PathBuf,
-        /// Messages per second; as fast as the broker takes them when omitted.
-        #[arg(long)]
-        rate: Option<f64>,
-        /// MQTT QoS, 0 or 1.
-        #[arg(long, default_value_t = 1)]
-        qos: u8,
-        /// Broker to publish to.
-        #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
-        address: String,
-        /// Topic every line is published to; it must match the server's ingest filter.
-        #[arg(long, default_value = "ingest/messages")]
-        topic: String,
-    },
+    Publish(PublishArgs),
     /// Print the effective configuration with the origin of each value.
     Config,
 }
@@ -61,10 +46,7 @@ fn main() -> ExitCode {
 
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => runtime.block_on(run(cli.config, cli.sets)),
-        Command::Publish { file, rate, qos, address, topic } => {
-            let options = PublishOptions { file, address, topic, qos, rate, client_id: None };
-            runtime.block_on(publish(options))
-        }
+        Command::Publish(args) => runtime.block_on(publish(args.into())),
         Command::Config => print_config(cli.config, cli.sets),
     }
 }
