@@ -384,6 +384,8 @@ async fn read_session(
 ) {
     // The log offset of the last delivery per subscription. Offsets of one filter's log are
     // consecutive, so a step of more than one means the router dropped messages.
+    // NOTE: the router does not tell where a subscription starts, so messages dropped before
+    // its first delivery are not counted here; rumqttd logs that case as a cursor jump.
     let mut offsets: HashMap<SubscriptionId, u64> = HashMap::new();
 
     loop {
