@@ -133,6 +133,13 @@ async fn status(State(state): State<AppState>) -> Response {
         .iter()
         .map(|reason| (reason.as_str().to_string(), stats.rejected(*reason).into()))
         .collect();
+    let files = match crate::dump::count_files(&state.config.dump) {
+        Ok(files) => json!(files),
+        Err(error) => {
+            tracing::warn!(%error, "cannot list the dump directory");
+            serde_json::Value::Null
+        }
+    };
     let mut addresses = json!({ "http": state.http_address });
     for Listener { name, address } in state.broker.listeners() {
         addresses[name] = json!(address);
@@ -162,7 +169,7 @@ async fn status(State(state): State<AppState>) -> Response {
             "events_sent": Stats::get(&stats.sse_events_sent),
             "slow_disconnects": Stats::get(&stats.sse_slow_disconnects),
         },
-        "dump": state.dump.status(),
+        "dump": { "files": files, "writer": state.dump.status() },
     }))
     .into_response()
 }

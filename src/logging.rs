@@ -4,8 +4,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// rumqttd logs every connection and subscription at info; its warnings are what matter.
-const DEPENDENCY_LEVELS: &str = "rumqttd=warn";
+/// rumqttd logs every connection and subscription at info, and every MQTT client's
+/// disconnect, clean or not, at error from `rumqttd::server::broker`; only its other
+/// warnings and errors concern the server itself.
+const DEPENDENCY_LEVELS: &str = "rumqttd=warn,rumqttd::server::broker=off";
 
 /// Installs the global subscriber; `RUST_LOG`, when set, replaces `log.level`.
 pub fn init(config: &LogConfig) {

@@ -238,6 +238,11 @@ impl DumpWriter {
     }
 }
 
+/// Counts the dump files in `own/` that `/dump/` lists, for `/api/status.json`.
+pub fn count_files(config: &DumpConfig) -> std::io::Result<usize> {
+    listing::list_files(&own_dir(&config.dir)).map(|files| files.len())
+}
+
 /// Routes for `/dump/`, `/dump/index.json` and `/dump/NAME`.
 pub fn router(config: &DumpConfig) -> axum::Router {
     http::router(&own_dir(&config.dir))
