@@ -34,7 +34,8 @@ pub struct Hub {
     /// registry changed.
     control: tokio::sync::Mutex<()>,
     registry: Mutex<Registry>,
-    running: CancellationToken,
+    /// Cancelled when the broker session ended; no event will come after that.
+    stopped: CancellationToken,
 }
 
 #[derive(Default)]
@@ -89,7 +90,7 @@ impl Hub {
             stats,
             control: tokio::sync::Mutex::new(()),
             registry: Mutex::new(Registry::default()),
-            running: CancellationToken::new(),
+            stopped: CancellationToken::new(),
         });
         tokio::spawn(dispatch(hub.clone(), deliveries));
         hub
@@ -176,12 +177,17 @@ impl Hub {
         HubStatus {
             filters: registry.filters.len(),
             subscribers: registry.filters.values().map(|entry| entry.clients.len()).sum(),
-            running: !self.running.is_cancelled(),
+            running: !self.stopped.is_cancelled(),
         }
     }
 
     pub fn is_running(&self) -> bool {
-        !self.running.is_cancelled()
+        !self.stopped.is_cancelled()
+    }
+
+    /// Resolves when the hub stopped delivering events.
+    pub async fn stopped(&self) {
+        self.stopped.cancelled().await
     }
 
     fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -259,5 +265,5 @@ async fn dispatch(hub: Arc<Hub>, mut deliveries: mpsc::Receiver<Delivery>) {
         }
     }
     tracing::error!("hub session ended; SSE streams get no more events");
-    hub.running.cancel();
+    hub.stopped.cancel();
 }

@@ -219,6 +219,7 @@ fn event_stream(membership: Membership, state: StreamState) -> impl Stream<Item 
                 biased;
                 _ = state.shutdown.cancelled() => return None,
                 _ = membership.evicted.cancelled() => return None,
+                _ = state.hub.stopped() => return None,
                 received = membership.events.recv_many(&mut batch, MAX_EVENTS_PER_WRITE) => {
                     if received == 0 {
                         return None;

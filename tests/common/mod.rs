@@ -318,3 +318,59 @@ pub fn count_identities<'a>(messages: impl IntoIterator<Item = &'a serde_json::V
     }
     counts
 }
+
+impl TestServer {
+    /// Sends `body` to `POST /api/push.json` as `application/json`.
+    pub async fn push(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(self.url("/api/push.json"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Returns the `messages.rejected.<reason>` counter of `/api/status.json`.
+    pub async fn rejected(&self, reason: &str) -> u64 {
+        let status = self.status().await;
+        status["messages"]["rejected"][reason]
+            .as_u64()
+            .unwrap_or_else(|| panic!("status has no counter messages.rejected.{reason}: {status}"))
+    }
+}
+
+impl SseClient {
+    /// Reads until the next comment line (a heartbeat) and counts it in `comments`.
+    ///
+    /// Call it only while no event can arrive: an event line read here is a test failure,
+    /// because this method would otherwise drop it.
+    pub async fn wait_for_comment(&mut self) {
+        tokio::time::timeout(PATIENCE, async {
+            let comments = self.comments;
+            loop {
+                while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                    let line = std::str::from_utf8(&line[..line.len() - 1]).expect("SSE stream is UTF-8");
+                    if line.starts_with(':') {
+                        self.comments += 1;
+                    } else if let Some(value) = line.strip_prefix("retry:") {
+                        self.retry = value.trim_start().parse().ok();
+                    } else {
+                        assert!(line.is_empty(), "expected a comment, got the event line {line:?}");
+                    }
+                }
+                if self.comments > comments {
+                    return;
+                }
+                match self.body.next().await {
+                    Some(Ok(chunk)) => self.buffer.extend_from_slice(&chunk),
+                    Some(Err(error)) => panic!("SSE stream failed: {error}"),
+                    None => panic!("SSE stream ended while waiting for a comment"),
+                }
+            }
+        })
+        .await
+        .expect("timed out waiting for an SSE comment")
+    }
+}
