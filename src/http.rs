@@ -38,6 +38,12 @@ pub fn json_error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
+/// A rejected push: `{"error": message, "reason": code}`, counted under `reason`.
+fn rejection(stats: &Stats, status: StatusCode, reason: RejectReason, message: &str) -> Response {
+    stats.reject(reason);
+    (status, Json(json!({ "error": message, "reason": reason }))).into_response()
+}
+
 pub fn router(state: AppState) -> Router {
     let mut app = Router::new()
         .route("/api/push.json", post(push))
@@ -71,11 +77,12 @@ async fn push(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
 
     let body = match axum::body::to_bytes(body, limit).await {
         Ok(body) => body,
-        Err(_) => {
-            state.stats.reject(RejectReason::PayloadTooLarge);
+        Err(error) if is_length_limit(&error) => {
             let message = format!("request body is larger than {limit} bytes (stream.batch.max_bytes)");
-            return json_error(StatusCode::PAYLOAD_TOO_LARGE, &message);
+            return rejection(&state.stats, StatusCode::PAYLOAD_TOO_LARGE, RejectReason::PayloadTooLarge, &message);
         }
+        // The client went away or sent a broken body; no one may be left to read an answer.
+        Err(_) => return json_error(StatusCode::BAD_REQUEST, "cannot read the request body"),
     };
 
     let payload = if is_form {
@@ -83,8 +90,8 @@ async fn push(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
         match data {
             Some((_, value)) => Bytes::from(value.into_owned()),
             None => {
-                state.stats.reject(RejectReason::InvalidJson);
-                return json_error(StatusCode::BAD_REQUEST, "form has no field 'data'");
+                let message = "form has no field 'data'; send the JSON in field 'data'";
+                return rejection(&state.stats, StatusCode::BAD_REQUEST, RejectReason::InvalidForm, message);
             }
         }
     } else {
@@ -108,6 +115,17 @@ async fn push(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "the dump write failed; retry later");
     }
     Json(json!({ "accepted": outcome.accepted, "duplicates": outcome.duplicates })).into_response()
+}
+
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 async fn healthz() -> Response {

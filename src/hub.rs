@@ -2,8 +2,9 @@
 //!
 //! It holds one broker subscription per distinct filter, however many connections asked for
 //! it, and drops it when the last one leaves. Each delivery becomes one SSE frame, formatted
-//! once and queued to every connection of that filter. A connection whose bounded queue is
-//! full is disconnected, never waited for, so one slow client cannot hold up the others.
+//! once and queued to every connection of that filter, and a connection whose filters
+//! overlap takes each publish once. A connection whose bounded queue is full is
+//! disconnected, never waited for, so one slow client cannot hold up the others.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,6 +18,7 @@ use crate::broker::{BrokerError, Delivery, Session, SubscriptionId};
 use crate::ids::IdGenerator;
 use crate::sse;
 use crate::stats::{LogLimiter, Stats};
+use crate::topic;
 
 /// One event, formatted once and shared by every connection that receives it.
 #[derive(Debug)]
@@ -56,6 +58,23 @@ struct Client {
     queue: mpsc::Sender<Arc<Event>>,
     /// Cancelled when the client fell behind; its stream then ends.
     evicted: CancellationToken,
+    /// Every filter of the client with its subscription id, to send a publish that matches
+    /// several of them only once.
+    filters: Arc<[(String, SubscriptionId)]>,
+}
+
+impl Client {
+    /// The broker delivers a publish once for each subscription it matches, so a client
+    /// takes it only through the lowest-numbered of its filters that match the topic.
+    fn takes(&self, subscription: SubscriptionId, topic: &str) -> bool {
+        if self.filters.len() < 2 {
+            return true;
+        }
+        !self
+            .filters
+            .iter()
+            .any(|(filter, other)| *other < subscription && topic::matches(topic, filter))
+    }
 }
 
 /// A connection's membership in the hub; leaving happens when it is dropped.
@@ -106,27 +125,36 @@ impl Hub {
         let mut new_filters = Vec::new();
         let client = {
             let mut registry = self.lock();
+            let mut subscribed = Vec::with_capacity(filters.len());
+            for filter in &filters {
+                let subscription = match registry.filters.get(filter) {
+                    Some(entry) => entry.subscription,
+                    None => {
+                        let subscription = self.session.allocate_id();
+                        let entry = FilterEntry {
+                            subscription,
+                            clients: Vec::new(),
+                        };
+                        registry.filters.insert(filter.clone(), entry);
+                        registry.by_subscription.insert(subscription, filter.clone());
+                        new_filters.push((filter.clone(), subscription));
+                        subscription
+                    }
+                };
+                subscribed.push((filter.clone(), subscription));
+            }
+
             registry.next_client += 1;
             let client = Client {
                 id: registry.next_client,
                 queue,
                 evicted: evicted.clone(),
+                filters: subscribed.into(),
             };
             for filter in &filters {
                 if let Some(entry) = registry.filters.get_mut(filter) {
                     entry.clients.push(client.clone());
-                    continue;
                 }
-                let subscription = self.session.allocate_id();
-                registry.filters.insert(
-                    filter.clone(),
-                    FilterEntry {
-                        subscription,
-                        clients: vec![client.clone()],
-                    },
-                );
-                registry.by_subscription.insert(subscription, filter.clone());
-                new_filters.push((filter.clone(), subscription));
             }
             client.id
         };
@@ -194,8 +222,9 @@ impl Hub {
         self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues one delivery to every client of its filter.
-    fn deliver(&self, subscription: SubscriptionId, frame: impl FnOnce(u64) -> Bytes) -> usize {
+    /// Queues one delivery to every client of its filter; a `topic` of `None` (a loss
+    /// report) goes to all of them.
+    fn deliver(&self, subscription: SubscriptionId, topic: Option<&str>, frame: impl FnOnce(u64) -> Bytes) -> usize {
         let registry = self.lock();
         let Some(entry) = registry
             .by_subscription
@@ -209,6 +238,9 @@ impl Hub {
         let event = Arc::new(Event { id, frame: frame(id) });
         let mut evicted = 0;
         for client in &entry.clients {
+            if topic.is_some_and(|topic| !client.takes(subscription, topic)) {
+                continue;
+            }
             match client.queue.try_send(event.clone()) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -246,15 +278,18 @@ async fn dispatch(hub: Arc<Hub>, mut deliveries: mpsc::Receiver<Delivery>) {
         let evicted = match delivery {
             Delivery::Message {
                 subscription,
+                topic,
                 payload,
-                ..
-            } => hub.deliver(subscription, |id| sse::message_frame(id, &payload)),
+            } => {
+                let topic = String::from_utf8_lossy(&topic);
+                hub.deliver(subscription, Some(&topic), |id| sse::message_frame(id, &payload))
+            }
             Delivery::Lost { subscription, count } => {
                 Stats::add(&hub.stats.broker_messages_lost, count);
                 if let Some(suppressed) = lost_log.check() {
                     tracing::error!(lost = count, subscription, suppressed, "hub fell behind and the broker dropped messages");
                 }
-                hub.deliver(subscription, |id| sse::gap_frame(id, count))
+                hub.deliver(subscription, None, |id| sse::gap_frame(id, count))
             }
         };
         if evicted > 0 {

@@ -161,7 +161,7 @@ fn with_cors(mut response: Response, request: &HeaderMap, config: &StreamConfig)
 }
 
 /// Reads the `channel` parameters, validates each, and drops duplicates and filters that
-/// another filter of the same request covers, so each message arrives once.
+/// another filter of the same request covers, which saves broker subscriptions.
 fn parse_filters(query: &str, config: &StreamConfig) -> Result<Vec<String>, StreamError> {
     let channels: Vec<String> = form_urlencoded::parse(query.as_bytes())
         .filter(|(key, _)| key == "channel")

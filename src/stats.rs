@@ -21,10 +21,11 @@ pub enum RejectReason {
     InvalidField,
     InvalidTopic,
     InvalidFilter,
+    InvalidForm,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::InvalidUtf8,
         RejectReason::InvalidJson,
         RejectReason::NotObject,
@@ -33,6 +34,7 @@ impl RejectReason {
         RejectReason::InvalidField,
         RejectReason::InvalidTopic,
         RejectReason::InvalidFilter,
+        RejectReason::InvalidForm,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +47,7 @@ impl RejectReason {
             RejectReason::InvalidField => "invalid_field",
             RejectReason::InvalidTopic => "invalid_topic",
             RejectReason::InvalidFilter => "invalid_filter",
+            RejectReason::InvalidForm => "invalid_form",
         }
     }
 
