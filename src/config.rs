@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use crate::broker::external::BrokerAddress;
 use crate::dump::DumpConfig;
 
 /// The file read when `--config` is not given; it is optional.
@@ -25,10 +26,13 @@ pub const KEYS: &[(&str, &str)] = &[
     ("mqtt.port", "1883"),
     ("mqtt.ws.port", "9001"),
     ("mqtt.connections.max", "10000"),
+    ("mqtt.username", ""),
+    ("mqtt.password", ""),
     ("mqtt.log.segment_bytes", "8388608"),
     ("mqtt.log.segments", "4"),
     ("stream.enabled", "true"),
     ("stream.mqtt.address", "tcp://127.0.0.1:1883"),
+    ("stream.mqtt.share_group", "lokstream"),
     ("stream.ingest.topic", "ingest/#"),
     ("stream.message.max_bytes", "65536"),
     ("stream.batch.max_bytes", "16777216"),
@@ -100,7 +104,12 @@ pub struct MqttConfig {
     /// how far a slow subscriber may fall behind before it loses messages.
     pub log_segment_bytes: usize,
     pub log_segments: usize,
-    pub external_address: String,
+    /// The external broker, used when `embedded` is false.
+    pub external_address: BrokerAddress,
+    /// Credentials for the external broker; `None` when empty.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub share_group: String,
 }
 
 /// Settings of ingest and of the SSE stream.
@@ -228,11 +237,12 @@ impl Settings {
         Ok(())
     }
 
-    /// Effective `key=value` lines, in key order.
+    /// Effective `key=value` lines, in key order, with secrets masked.
     pub fn render(&self) -> String {
         let mut out = String::new();
         for (key, (value, origin)) in &self.values {
-            out.push_str(&format!("{key}={value}    # {origin}\n"));
+            let shown = if is_secret(key) && !value.is_empty() { "********" } else { value };
+            out.push_str(&format!("{key}={shown}    # {origin}\n"));
         }
         out
     }
@@ -289,6 +299,11 @@ impl Settings {
     fn string(&self, key: &'static str) -> String {
         self.raw(key).0.to_string()
     }
+}
+
+/// Keys whose values are never printed.
+fn is_secret(key: &str) -> bool {
+    key.ends_with("password") || key.ends_with("token")
 }
 
 /// `dump.rotate.bytes` becomes `DUMP_ROTATE_BYTES`.
@@ -376,15 +391,14 @@ fn non_empty(s: &Settings, key: &'static str) -> Result<String, ConfigError> {
 
 fn mqtt_config(s: &Settings) -> Result<MqttConfig, ConfigError> {
     let embedded = s.boolean("mqtt.embedded")?;
-    if !embedded {
-        // NOTE: only the embedded broker exists so far; the broker interface in `broker` is
-        // where a client of an external broker will plug in.
-        return Err(s.invalid(
-            "mqtt.embedded",
-            "an external broker is not supported by this version; use true",
-        ));
-    }
     let ws_port = s.port("mqtt.ws.port")?;
+    let external_address = BrokerAddress::parse(s.raw("stream.mqtt.address").0)
+        .map_err(|error| s.invalid("stream.mqtt.address", error.reason))?;
+    let share_group = non_empty(s, "stream.mqtt.share_group")?;
+    if share_group.contains(['/', '+', '#']) {
+        return Err(s.invalid("stream.mqtt.share_group", "must not contain '/', '+' or '#'"));
+    }
+    let optional = |key| Some(s.string(key)).filter(|value| !value.is_empty());
     Ok(MqttConfig {
         embedded,
         port: s.port("mqtt.port")?,
@@ -393,7 +407,10 @@ fn mqtt_config(s: &Settings) -> Result<MqttConfig, ConfigError> {
         // rumqttd panics on segments under 1 KiB.
         log_segment_bytes: s.usize_at_least("mqtt.log.segment_bytes", 1024)?,
         log_segments: s.usize_at_least("mqtt.log.segments", 1)?,
-        external_address: s.string("stream.mqtt.address"),
+        external_address,
+        username: optional("mqtt.username"),
+        password: optional("mqtt.password"),
+        share_group,
     })
 }
 
@@ -520,6 +537,34 @@ mod tests {
     fn missing_config_file_is_an_error() {
         let error = Config::load(Some(Path::new("/nonexistent/lokstream.properties")), vec![], &[]).unwrap_err();
         assert!(matches!(error, ConfigError::Read { .. }), "{error}");
+    }
+
+    #[test]
+    fn external_broker_settings_are_checked() {
+        let config = Config::with_overrides(&[
+            ("mqtt.embedded", "false"),
+            ("stream.mqtt.address", "mqtts://broker.example:8884"),
+            ("mqtt.username", "collector"),
+        ])
+        .unwrap();
+        assert!(!config.mqtt.embedded);
+        assert_eq!(config.mqtt.external_address.port, 8884);
+        assert_eq!(config.mqtt.username.as_deref(), Some("collector"));
+        assert_eq!(config.mqtt.password, None);
+
+        let error = Config::with_overrides(&[("stream.mqtt.address", "broker:1883")]).unwrap_err();
+        assert!(error.to_string().contains("stream.mqtt.address"), "{error}");
+        let error = Config::with_overrides(&[("stream.mqtt.share_group", "a/b")]).unwrap_err();
+        assert!(error.to_string().contains("stream.mqtt.share_group"), "{error}");
+    }
+
+    #[test]
+    fn rendered_settings_mask_passwords() {
+        let mut settings = Settings::default();
+        settings.set("mqtt.password", "hunter2", "test").unwrap();
+        let rendered = settings.render();
+        assert!(!rendered.contains("hunter2"), "{rendered}");
+        assert!(rendered.contains("mqtt.password=********"), "{rendered}");
     }
 
     #[test]

@@ -179,6 +179,7 @@ async fn status(State(state): State<AppState>) -> Response {
         "broker": {
             "healthy": state.broker.is_healthy(),
             "messages_lost": Stats::get(&stats.broker_messages_lost),
+            "publishes_dropped": state.broker.publishes_dropped(),
         },
         "hub": state.hub.status(),
         "sse": {

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::embedded::EmbeddedBroker;
+use crate::broker::external::{ExternalBroker, ExternalSettings};
 use crate::broker::{Broker, BrokerError, Listener};
 use crate::channels::ChannelOptions;
 use crate::config::Config;
@@ -23,6 +24,10 @@ use crate::message::Limits;
 use crate::publisher::Publisher;
 use crate::sse::StreamState;
 use crate::stats::Stats;
+
+/// How long start-up waits for the ingest subscription before going on without it; only an
+/// external broker that is down takes that long.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 
 /// Ingest deliveries queued ahead of the publisher; beyond that the broker buffers them.
 const INGEST_QUEUE: usize = 1024;
@@ -102,6 +107,35 @@ impl RunningServer {
     }
 }
 
+/// The embedded broker, or a client of the external one.
+async fn start_broker(config: &Config) -> Result<Arc<dyn Broker>, ServerError> {
+    if config.mqtt.embedded {
+        return Ok(Arc::new(EmbeddedBroker::start(config).await?));
+    }
+    let settings = ExternalSettings {
+        address: config.mqtt.external_address.clone(),
+        username: config.mqtt.username.clone(),
+        password: config.mqtt.password.clone(),
+        share_group: config.mqtt.share_group.clone(),
+        client_prefix: client_prefix(),
+        max_packet_bytes: config.stream.batch_max_bytes,
+    };
+    tracing::info!(broker = %settings.address, client = settings.client_prefix, "using the external broker");
+    Ok(Arc::new(ExternalBroker::start(settings)))
+}
+
+/// `lokstream-HOST-RANDOM`: readable in the broker's logs, and unique even for two
+/// replicas on one host.
+fn client_prefix() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|host| host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect::<String>())
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "host".to_string());
+    format!("lokstream-{host}-{:08x}", rand::random::<u32>())
+}
+
 /// Starts the server with the system clock.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     start_with_clock(config, Arc::new(SystemClock)).await
@@ -118,7 +152,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         .map_err(|source| ServerError::BindHttp { address: requested, source })?;
     let http_address = http_listener.local_addr()?;
 
-    let broker: Arc<dyn Broker> = Arc::new(EmbeddedBroker::start(&config).await?);
+    let broker = start_broker(&config).await?;
     let dump = DumpWriter::open(&config.dump, clock)?;
     let stats = Arc::new(Stats::default());
     let publisher = Arc::new(Publisher::new(
@@ -137,11 +171,16 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
     ));
     let shutdown = CancellationToken::new();
 
-    let (ingest_session, ingest_deliveries) = broker.open_session("lokstream-ingest", INGEST_QUEUE).await?;
-    ingest::subscribe(&ingest_session, &config.stream.ingest_topic).await?;
+    let (ingest_session, ingest_deliveries) = broker.open_session("ingest", INGEST_QUEUE).await?;
+    let ingest_filter = broker.ingest_filter(&config.stream.ingest_topic);
+    match tokio::time::timeout(SUBSCRIBE_WAIT, ingest::subscribe(&ingest_session, &ingest_filter)).await {
+        Ok(result) => result?,
+        // The subscription stays registered and is made when the broker comes.
+        Err(_) => tracing::warn!(filter = ingest_filter, "the broker is not reachable yet; MQTT ingest starts once it is"),
+    }
     let ingest = tokio::spawn(ingest::run(ingest_deliveries, publisher.clone(), stats.clone(), shutdown.clone()));
 
-    let (hub_session, hub_deliveries) = broker.open_session("lokstream-hub", HUB_QUEUE).await?;
+    let (hub_session, hub_deliveries) = broker.open_session("hub", HUB_QUEUE).await?;
     let hub = Hub::start(hub_session, hub_deliveries, config.stream.client_queue_events, stats.clone());
 
     let listeners = broker.listeners();

@@ -19,6 +19,9 @@ use crate::hub::{Hub, Membership};
 use crate::stats::{RejectReason, Stats};
 use crate::topic::{self, FilterLimits};
 
+/// How long a stream request waits for the broker to confirm its subscriptions.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Events concatenated into one write when a client has several queued.
 const MAX_EVENTS_PER_WRITE: usize = 64;
 
@@ -109,11 +112,16 @@ pub async fn stream(
         }
     };
 
-    let membership = match state.hub.join(filters).await {
-        Ok(membership) => membership,
-        Err(error) => {
+    let membership = match tokio::time::timeout(SUBSCRIBE_TIMEOUT, state.hub.join(filters)).await {
+        Ok(Ok(membership)) => membership,
+        Ok(Err(error)) => {
             tracing::error!(%error, "stream subscription failed");
             let error = StreamError::Unavailable("the broker did not accept the subscription".into());
+            return with_cors(error.into_response(), &headers, &state.config);
+        }
+        Err(_) => {
+            tracing::warn!("stream subscription timed out; the broker is unavailable");
+            let error = StreamError::Unavailable("the broker is unavailable; retry later".into());
             return with_cors(error.into_response(), &headers, &state.config);
         }
     };

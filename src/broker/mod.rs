@@ -6,6 +6,7 @@
 //! types; which broker sits behind them is decided once, in `server`.
 
 pub mod embedded;
+pub mod external;
 mod session;
 
 use std::net::SocketAddr;
@@ -75,8 +76,19 @@ pub trait Broker: Send + Sync + 'static {
         queue: usize,
     ) -> BoxFuture<'_, Result<(Session, mpsc::Receiver<Delivery>), BrokerError>>;
 
+    /// The filter the ingest session subscribes to for the configured ingest filter; an
+    /// external broker shares it among replicas.
+    fn ingest_filter(&self, filter: &str) -> String {
+        filter.to_string()
+    }
+
     /// Sockets the broker listens on; empty for an external broker.
     fn listeners(&self) -> Vec<Listener>;
+
+    /// Channel publishes the broker could not take and that were dropped.
+    fn publishes_dropped(&self) -> u64 {
+        0
+    }
 
     /// Whether the broker and every link to it are working.
     fn is_healthy(&self) -> bool;

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod mosquitto;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
@@ -51,6 +53,18 @@ impl TestServer {
 
     /// Starts a server on loopback port 0 with a fresh dump directory and `overrides`.
     pub async fn start_with(overrides: &[(&str, &str)]) -> TestServer {
+        TestServer::start_configured(overrides, None).await
+    }
+
+    /// Starts a replica on an external broker; `mqtt` is then that broker's address.
+    pub async fn start_on_broker(broker: SocketAddr, overrides: &[(&str, &str)]) -> TestServer {
+        let address = format!("tcp://{broker}");
+        let mut settings = vec![("mqtt.embedded", "false"), ("stream.mqtt.address", address.as_str())];
+        settings.extend_from_slice(overrides);
+        TestServer::start_configured(&settings, Some(broker)).await
+    }
+
+    async fn start_configured(overrides: &[(&str, &str)], external: Option<SocketAddr>) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let dump_dir = dir.path().to_str().unwrap().to_string();
         let mut settings: Vec<(&str, &str)> = vec![
@@ -66,7 +80,7 @@ impl TestServer {
 
         let server = server::start(config).await.expect("server starts");
         let http = server.http_address;
-        let mqtt = server.mqtt_address().expect("embedded broker listens");
+        let mqtt = external.or(server.mqtt_address()).expect("embedded broker listens");
         TestServer {
             server: Some(server),
             dir,
