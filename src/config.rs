@@ -215,6 +215,9 @@ impl Settings {
                 .find(|key| env_suffix(key) == suffix);
             match key {
                 Some(key) => self.set(key, &value, &format!("environment {name}"))?,
+                None if is_service_link(suffix) => {
+                    tracing::debug!(variable = name, "ignored a Kubernetes service variable");
+                }
                 None => {
                     return Err(ConfigError::UnknownKey {
                         key: name,
@@ -299,6 +302,22 @@ impl Settings {
     fn string(&self, key: &'static str) -> String {
         self.raw(key).0.to_string()
     }
+}
+
+/// Kubernetes and Docker links add `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT` and
+/// `<SERVICE>_PORT_<N>_TCP...` variables for every service, so a service named
+/// `lokstream-http` yields `LOKSTREAM_HTTP_SERVICE_HOST`. They are not configuration.
+fn is_service_link(suffix: &str) -> bool {
+    if suffix.ends_with("_SERVICE_HOST") || suffix.contains("_SERVICE_PORT") || suffix.ends_with("_PORT") {
+        return true;
+    }
+    let Some((_, port)) = suffix.split_once("_PORT_") else {
+        return false;
+    };
+    let mut parts = port.split('_');
+    let number = parts.next().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let protocol = parts.next().is_some_and(|p| matches!(p, "TCP" | "UDP" | "SCTP"));
+    number && protocol
 }
 
 /// Keys whose values are never printed.
@@ -525,6 +544,22 @@ mod tests {
         let env = vec![("LOKSTREAM_PORT_HTTPS".to_string(), "1".to_string())];
         let error = Config::load(Some(Path::new("/dev/null")), env, &[]).unwrap_err();
         assert!(error.to_string().contains("LOKSTREAM_PORT_HTTPS"), "{error}");
+    }
+
+    #[test]
+    fn kubernetes_service_variables_are_ignored() {
+        let env = vec![
+            ("LOKSTREAM_HTTP_SERVICE_HOST".to_string(), "10.0.0.1".to_string()),
+            ("LOKSTREAM_HTTP_SERVICE_PORT_HTTP".to_string(), "9000".to_string()),
+            ("LOKSTREAM_HTTP_PORT".to_string(), "tcp://10.0.0.1:9000".to_string()),
+            ("LOKSTREAM_HTTP_PORT_9000_TCP_ADDR".to_string(), "10.0.0.1".to_string()),
+            ("LOKSTREAM_PORT_HTTP".to_string(), "8080".to_string()),
+        ];
+        let config = Config::load(Some(Path::new("/dev/null")), env, &[]).unwrap();
+        assert_eq!(config.port_http, 8080, "a real key next to service variables still applies");
+
+        let env = vec![("LOKSTREAM_PORT_HTTPS".to_string(), "1".to_string())];
+        assert!(Config::load(Some(Path::new("/dev/null")), env, &[]).is_err(), "other unknown names still fail");
     }
 
     #[test]
