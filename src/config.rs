@@ -22,6 +22,7 @@ pub const ENV_PREFIX: &str = "LOKSTREAM_";
 pub const KEYS: &[(&str, &str)] = &[
     ("bind.address", "0.0.0.0"),
     ("port.http", "9000"),
+    ("http.push.token", ""),
     ("mqtt.embedded", "true"),
     ("mqtt.port", "1883"),
     ("mqtt.ws.port", "9001"),
@@ -142,6 +143,8 @@ pub struct LogConfig {
 pub struct Config {
     pub bind_address: IpAddr,
     pub port_http: u16,
+    /// Bearer token `/api/push.json` requires; `None` leaves push open.
+    pub push_token: Option<String>,
     pub mqtt: MqttConfig,
     pub stream: StreamConfig,
     pub dump: DumpConfig,
@@ -372,6 +375,7 @@ impl Config {
         let config = Config {
             bind_address: s.parse("bind.address", "an IPv4 or IPv6 address")?,
             port_http: s.port("port.http")?,
+            push_token: Some(s.string("http.push.token")).filter(|token| !token.is_empty()),
             mqtt: mqtt_config(s)?,
             stream: stream_config(s)?,
             dump: DumpConfig {

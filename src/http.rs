@@ -31,6 +31,7 @@ pub struct AppState {
     pub started: Instant,
     pub http_address: std::net::SocketAddr,
     pub stream: StreamState,
+    pub metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 /// A JSON error body: `{"error": message}`.
@@ -50,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/status.json", get(status))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(state.clone());
 
     if state.config.stream.enabled {
@@ -67,6 +69,15 @@ pub fn router(state: AppState) -> Router {
 ///
 /// 200 means every message was accepted (or was a duplicate) and written to the dump file.
 async fn push(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    if let Some(token) = &state.config.push_token {
+        if !has_bearer_token(&headers, token) {
+            state.stats.reject(RejectReason::Unauthorized);
+            let body = json!({ "error": "missing or invalid bearer token", "reason": RejectReason::Unauthorized });
+            let challenge = [(header::WWW_AUTHENTICATE, "Bearer realm=\"lokstream\"")];
+            return (StatusCode::UNAUTHORIZED, challenge, Json(body)).into_response();
+        }
+    }
+
     let max = state.config.stream.batch_max_bytes;
     let is_form = headers
         .get(header::CONTENT_TYPE)
@@ -117,6 +128,19 @@ async fn push(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
     Json(json!({ "accepted": outcome.accepted, "duplicates": outcome.duplicates })).into_response()
 }
 
+/// Compares in constant time, so response timing does not reveal how much of a guess was
+/// right; only a length mismatch returns early.
+fn has_bearer_token(headers: &HeaderMap, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or("");
+    presented.as_bytes().ct_eq(token.as_bytes()).into()
+}
+
 fn is_length_limit(error: &axum::Error) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(error) = cause {
@@ -126,6 +150,19 @@ fn is_length_limit(error: &axum::Error) -> bool {
         cause = error.source();
     }
     false
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    match crate::metrics::encode(&state.metrics) {
+        Ok(text) => {
+            let content_type = [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")];
+            (content_type, text).into_response()
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot encode metrics");
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics")
+        }
+    }
 }
 
 async fn healthz() -> Response {

@@ -41,6 +41,7 @@ pub async fn run(
             },
         };
 
+        stats.ingest_queue.store(deliveries.len() as u64, std::sync::atomic::Ordering::Relaxed);
         match delivery {
             Delivery::Message { topic, payload, .. } => {
                 let topic = String::from_utf8_lossy(&topic);

@@ -16,6 +16,7 @@ pub mod ids;
 pub mod ingest;
 pub mod logging;
 pub mod message;
+pub mod metrics;
 pub mod publisher;
 pub mod server;
 pub mod sse;

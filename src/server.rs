@@ -184,7 +184,15 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
     let hub = Hub::start(hub_session, hub_deliveries, config.stream.client_queue_events, stats.clone());
 
     let listeners = broker.listeners();
+    let metrics = crate::metrics::registry(
+        stats.clone(),
+        broker.clone(),
+        hub.clone(),
+        dump.clone(),
+        config.dump.clone(),
+    );
     let state = AppState {
+        metrics: Arc::new(metrics),
         stream: StreamState {
             hub: hub.clone(),
             config: Arc::new(config.stream.clone()),

@@ -22,10 +22,11 @@ pub enum RejectReason {
     InvalidTopic,
     InvalidFilter,
     InvalidForm,
+    Unauthorized,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 10] = [
         RejectReason::InvalidUtf8,
         RejectReason::InvalidJson,
         RejectReason::NotObject,
@@ -35,6 +36,7 @@ impl RejectReason {
         RejectReason::InvalidTopic,
         RejectReason::InvalidFilter,
         RejectReason::InvalidForm,
+        RejectReason::Unauthorized,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +50,7 @@ impl RejectReason {
             RejectReason::InvalidTopic => "invalid_topic",
             RejectReason::InvalidFilter => "invalid_filter",
             RejectReason::InvalidForm => "invalid_form",
+            RejectReason::Unauthorized => "unauthorized",
         }
     }
 
@@ -68,6 +71,8 @@ pub struct Stats {
     pub sse_connections_total: AtomicU64,
     pub sse_events_sent: AtomicU64,
     pub sse_slow_disconnects: AtomicU64,
+    /// Gauge: ingest payloads received and not yet taken by the publisher.
+    pub ingest_queue: AtomicU64,
 }
 
 impl Stats {
