@@ -110,11 +110,12 @@ async fn push(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
         }
     };
 
-    if let Err(error) = outcome.written.wait().await {
+    let (accepted, duplicates) = (outcome.accepted, outcome.duplicates);
+    if let Err(error) = state.publisher.wait_written(outcome).await {
         tracing::error!(%error, "push not written to the dump");
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "the dump write failed; retry later");
     }
-    Json(json!({ "accepted": outcome.accepted, "duplicates": outcome.duplicates })).into_response()
+    Json(json!({ "accepted": accepted, "duplicates": duplicates })).into_response()
 }
 
 fn is_length_limit(error: &axum::Error) -> bool {
