@@ -59,7 +59,7 @@ pub fn router(state: AppState) -> Router {
         app = app.merge(stream);
     }
 
-    app.merge(crate::dump::router(&state.config.dump))
+    app.merge(state.dump.router())
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not found") })
 }
 
@@ -188,7 +188,7 @@ async fn status(State(state): State<AppState>) -> Response {
             "events_sent": Stats::get(&stats.sse_events_sent),
             "slow_disconnects": Stats::get(&stats.sse_slow_disconnects),
         },
-        "dump": { "files": files, "writer": state.dump.status() },
+        "dump": { "files": files, "writer": state.dump.status(), "import": state.dump.import_status() },
     }))
     .into_response()
 }

@@ -53,6 +53,8 @@ pub struct RunningServer {
     grace: Duration,
     http: JoinHandle<std::io::Result<()>>,
     ingest: JoinHandle<()>,
+    /// The `import/` watcher; `None` when dump writing is disabled.
+    import: Option<JoinHandle<()>>,
     dump: DumpWriter,
 }
 
@@ -97,6 +99,11 @@ impl RunningServer {
         if let Err(error) = self.ingest.await {
             tracing::error!(%error, "ingest task failed");
         }
+        if let Some(import) = self.import {
+            if let Err(error) = import.await {
+                tracing::error!(%error, "import task failed");
+            }
+        }
         self.dump.shutdown().await;
         tracing::info!("stopped");
     }
@@ -140,6 +147,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
     let (ingest_session, ingest_deliveries) = broker.open_session("lokstream-ingest", INGEST_QUEUE).await?;
     ingest::subscribe(&ingest_session, &config.stream.ingest_topic).await?;
     let ingest = tokio::spawn(ingest::run(ingest_deliveries, publisher.clone(), stats.clone(), shutdown.clone()));
+    let import = dump.start_import(publisher.clone(), shutdown.clone());
 
     let (hub_session, hub_deliveries) = broker.open_session("lokstream-hub", HUB_QUEUE).await?;
     let hub = Hub::start(hub_session, hub_deliveries, config.stream.client_queue_events, stats.clone());
@@ -181,6 +189,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         grace: Duration::from_secs(config.shutdown_grace_secs),
         http,
         ingest,
+        import,
         dump,
     })
 }
