@@ -252,6 +252,9 @@ async fn download(
             request.headers_mut().remove(header::RANGE);
         }
     }
+    if let Some(unsatisfiable) = prepare_range(request.headers_mut(), metadata.len()) {
+        return Ok(set_file_headers(unsatisfiable, &name, entity_tag));
+    }
 
     let served = match ServeFile::new(&path).oneshot(request).await {
         Ok(response) => response.map(Body::new),
@@ -340,6 +343,33 @@ pub(super) fn limit_body(body: Body, limit: u64) -> Body {
         std::future::ready(Some(chunk))
     });
     Body::from_stream(chunks)
+}
+
+/// Rewrites `Range` where `ServeFile` departs from RFC 9110, or answers the request itself:
+/// - a unit other than `bytes` must be ignored, and several ranges may be, so both are
+///   dropped and the whole file is sent (`ServeFile` answers 416 to both);
+/// - a suffix range longer than the file selects the whole file (`ServeFile` answers 416);
+/// - every range of an empty file is unsatisfiable (`ServeFile` answers 206).
+fn prepare_range(headers: &mut HeaderMap, size: u64) -> Option<Response> {
+    let range = headers.get(header::RANGE)?;
+    let Some(ranges) = range.to_str().ok().and_then(|range| range.trim().strip_prefix("bytes=")) else {
+        headers.remove(header::RANGE);
+        return None;
+    };
+    if ranges.contains(',') {
+        headers.remove(header::RANGE);
+        return None;
+    }
+
+    if size == 0 {
+        let unsatisfiable = [(header::CONTENT_RANGE, "bytes */0".to_owned())];
+        return Some((StatusCode::RANGE_NOT_SATISFIABLE, unsatisfiable).into_response());
+    }
+    let suffix = ranges.trim().strip_prefix('-').and_then(|length| length.parse::<u64>().ok());
+    if suffix.is_some_and(|length| length > size) {
+        headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-"));
+    }
+    None
 }
 
 /// Builds a strong ETag from length and modification time in nanoseconds, which together
