@@ -39,8 +39,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DumpCommand {
-    /// Check every .txt and .txt.gz file of a folder (gzip CRC and length of every member,
-    /// one JSON object a line); exits non-zero when a file is damaged.
+    /// Check every .txt and .txt.gz file of a folder: the CRC and length of every gzip
+    /// member, and one JSON object a line. Exits non-zero when a file is damaged.
     Verify {
         /// Folder to check; defaults to the own/ folder under dump.dir.
         dir: Option<PathBuf>,

@@ -146,8 +146,8 @@ impl Publisher {
     }
 
     /// Waits until the accepted lines of `outcome` are in the dump. When the write failed,
-    /// their ids are forgotten, so that a retry is stored instead of being answered as a
-    /// duplicate; the retry then reaches the channels a second time.
+    /// their ids are forgotten, so that a retry is stored instead of being counted as a
+    /// duplicate. The retry then reaches the channels a second time.
     pub async fn wait_written(&self, outcome: Outcome) -> Result<(), DumpError> {
         let result = outcome.written.wait().await;
         if result.is_err() && !outcome.remembered.is_empty() {

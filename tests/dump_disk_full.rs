@@ -1,6 +1,6 @@
 //! A full disk under a running server: the dump folder sits on a small tmpfs that the test
-//! mounts and fills. Needs permission to mount (root); without it the test says so and
-//! passes without running.
+//! mounts and fills. Mounting needs root; without it the test prints the reason and passes
+//! without running.
 
 mod common;
 

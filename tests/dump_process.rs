@@ -21,7 +21,7 @@ const CLIENTS: usize = 4;
 /// Messages per push.
 const BATCH_LINES: usize = 10;
 
-/// Corpus lines each round pushes at most; rounds use disjoint lines, because a restarted
+/// Corpus lines each round pushes at most. Rounds use disjoint lines, because a restarted
 /// server no longer remembers earlier ids and would store a repeated message again.
 const ROUND_LINES: usize = 1300;
 
@@ -168,8 +168,8 @@ async fn push_concurrently(http: SocketAddr, lines: &[String], acked_pushes: Arc
     acked.clone()
 }
 
-/// Blocks until the kill point is reached, or the deadline passes (then it kills anyway
-/// and says so).
+/// Blocks until the kill point is reached or the deadline passes. In the second case it
+/// prints a note, and the caller kills the server all the same.
 fn wait_for_kill_point(point: KillPoint, own: &Path, acked_pushes: &AtomicUsize, done: &AtomicBool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline && !done.load(Ordering::SeqCst) {
@@ -223,7 +223,7 @@ fn verify(dir: &Path) -> (bool, String) {
     (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Waits until `own/` holds no `.tmp` and one `.txt` at most: start-up compression is done.
+/// Waits until `own/` contains no `.tmp` and one `.txt` at most, so start-up compression is done.
 fn wait_for_compressed(own: &Path) {
     let deadline = Instant::now() + PATIENCE;
     loop {

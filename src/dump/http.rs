@@ -345,11 +345,12 @@ pub(super) fn limit_body(body: Body, limit: u64) -> Body {
     Body::from_stream(chunks)
 }
 
-/// Rewrites `Range` where `ServeFile` departs from RFC 9110, or answers the request itself:
+/// Rewrites `Range` where `ServeFile` (tower-http 0.6) departs from RFC 9110, or returns
+/// the response itself:
 /// - a unit other than `bytes` must be ignored, and several ranges may be, so both are
-///   dropped and the whole file is sent (`ServeFile` answers 416 to both);
-/// - a suffix range longer than the file selects the whole file (`ServeFile` answers 416);
-/// - every range of an empty file is unsatisfiable (`ServeFile` answers 206).
+///   dropped and the whole file is sent (`ServeFile` responds 416 to both);
+/// - a suffix range longer than the file selects the whole file (`ServeFile` responds 416);
+/// - every range of an empty file is unsatisfiable (`ServeFile` responds 206).
 fn prepare_range(headers: &mut HeaderMap, size: u64) -> Option<Response> {
     let range = headers.get(header::RANGE)?;
     let Some(ranges) = range.to_str().ok().and_then(|range| range.trim().strip_prefix("bytes=")) else {

@@ -52,7 +52,7 @@ pub struct ImportStatus {
 /// Lines of one batch; `None` stands for a line too long to read.
 type Batch = Vec<Option<Vec<u8>>>;
 
-/// How the lines of one file went.
+/// Line counts of one file.
 #[derive(Default)]
 struct Tally {
     lines: u64,
@@ -61,7 +61,7 @@ struct Tally {
     bad: u64,
 }
 
-/// Why importing a file stopped before its end.
+/// Reason an import stopped before the end of its file.
 #[derive(Debug, thiserror::Error)]
 enum ImportError {
     #[error("the dump write failed: {0}")]

@@ -3,8 +3,8 @@
 //! Every `.txt` there is from an earlier run, because the writer always opens a new file:
 //! a torn last line is cut off, and the file is handed to the compressor. A `.txt` whose
 //! `.txt.gz` exists was compressed and renamed before the crash, so it is removed. A
-//! `.tmp` left by an interrupted compression is removed when its `.txt` exists (the
-//! compression reruns) and set aside in `damaged/` otherwise; nothing there is served.
+//! `.tmp` left by an interrupted compression is removed when its `.txt` exists, because
+//! the compression reruns. Otherwise it is set aside in `damaged/`, which is never served.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};

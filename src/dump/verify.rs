@@ -1,7 +1,8 @@
 //! `lokstream dump verify`: checks every `.txt` and `.txt.gz` file of a folder, as this
 //! server wrote it or as a researcher downloaded it. A file is damaged when a gzip member
-//! fails its CRC or length check or is cut short, when a line is not a JSON object, when
-//! the last line has no newline, or when its SHA-256 differs from its stored facts.
+//! fails its CRC or length check or is cut short, or when a line is not a JSON object. It
+//! is also damaged when the last line has no newline, or when its SHA-256 differs from
+//! its stored facts.
 
 use std::fs::{self, File};
 use std::io;
@@ -91,7 +92,7 @@ fn verify_file(dir: &Path, name: String) -> FileCheck {
 
 fn is_json_object(line: &Line<'_>) -> bool {
     match line {
-        // Validating with `IgnoredAny` builds no map; the first byte tells an object apart.
+        // Validating with `IgnoredAny` builds no map; the first byte distinguishes an object.
         Line::Whole(bytes) => {
             let opens_object = bytes.trim_ascii_start().first() == Some(&b'{');
             opens_object && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()

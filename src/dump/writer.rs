@@ -139,7 +139,7 @@ impl CurrentFile {
     }
 }
 
-/// What the writer thread does next.
+/// The writer thread's next step.
 enum Next {
     Request(AppendRequest),
     Probe,

@@ -12,7 +12,7 @@ use flate2::read::MultiGzDecoder;
 use super::test_clock::TestClock;
 use super::{compress, DumpConfig, DumpError, DumpWriter, Written};
 
-/// The default dump settings with `dir` and `rotate_bytes`.
+/// Builds the default dump settings with `dir` and `rotate_bytes`.
 pub(super) fn config(dir: &Path, rotate_bytes: u64) -> DumpConfig {
     let dir = dir.to_str().expect("UTF-8 temp path");
     let rotate = rotate_bytes.to_string();
