@@ -255,16 +255,27 @@ async fn disabled_writer_writes_nothing() {
     assert!(matches!(writer.append(messages(10..11)).await, Err(DumpError::Stopped)));
 }
 
+/// Puts a plain file in place of `own/`, which makes opening a dump file fail; returns
+/// the path of `own/`.
+fn break_own_dir(dir: &Path) -> PathBuf {
+    let own = dir.join("own");
+    fs::remove_dir(&own).expect("own/ removed");
+    fs::write(&own, b"not a directory").expect("file in place of own/");
+    own
+}
+
+fn restore_own_dir(own: &Path) {
+    fs::remove_file(own).expect("file removed");
+    fs::create_dir(own).expect("own/ restored");
+}
+
 #[tokio::test]
 async fn write_error_fails_append_then_recovers() {
     let temp = tempfile::tempdir().expect("temp dir");
     let clock = Arc::new(TestClock::at(2024, 5, 1, 12, 0, 0));
     let writer = DumpWriter::open(&config(temp.path(), 1 << 20), clock).expect("writer opens");
 
-    // A plain file in place of `own/` makes opening the dump file fail.
-    let own = temp.path().join("own");
-    fs::remove_dir(&own).expect("own/ removed");
-    fs::write(&own, b"not a directory").expect("file in place of own/");
+    let own = break_own_dir(temp.path());
 
     let failed = writer.append(messages(0..3)).await.expect("queued").wait().await;
     assert!(matches!(failed, Err(DumpError::Io(_))), "append into a broken directory succeeded");
@@ -274,8 +285,7 @@ async fn write_error_fails_append_then_recovers() {
     assert!(status.last_error.is_some());
     assert_eq!(status.lines_written, 0);
 
-    fs::remove_file(&own).expect("file removed");
-    fs::create_dir(&own).expect("own/ restored");
+    restore_own_dir(&own);
     writer.append(messages(3..5)).await.expect("queued").wait().await.expect("written after recovery");
 
     let status = writer.status();
@@ -375,16 +385,13 @@ async fn failing_writer_recovers_without_appends() {
     let temp = tempfile::tempdir().expect("temp dir");
     let clock = Arc::new(TestClock::at(2024, 5, 1, 12, 0, 0));
     let writer = DumpWriter::open(&config(temp.path(), 1 << 20), clock).expect("writer opens");
-    let own = temp.path().join("own");
-    fs::remove_dir(&own).expect("own/ removed");
-    fs::write(&own, b"not a directory").expect("file in place of own/");
+    let own = break_own_dir(temp.path());
 
     let failed = writer.append(messages(0..1)).await.expect("queued").wait().await;
     assert!(failed.is_err(), "append into a broken directory succeeded");
     assert!(!writer.status().healthy);
 
-    fs::remove_file(&own).expect("file removed");
-    fs::create_dir(&own).expect("own/ restored");
+    restore_own_dir(&own);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     while !writer.status().healthy {
         assert!(tokio::time::Instant::now() < deadline, "the writer stayed unhealthy after the disk recovered");
