@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::broker::external::BrokerAddress;
-use crate::dump::DumpConfig;
+use crate::dump::{DumpConfig, FsyncPolicy};
 
 /// The file read when `--config` is not given; it is optional.
 pub const DEFAULT_CONFIG_PATH: &str = "conf/config.properties";
@@ -50,6 +50,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("dump.write_enabled", "true"),
     ("dump.dir", "data/dump"),
     ("dump.rotate.bytes", "268435456"),
+    ("dump.fsync", "batch"),
+    ("dump.retain.bytes", "0"),
+    ("dump.retain.days", "0"),
+    ("dump.import.poll_secs", "10"),
     ("log.format", "text"),
     ("log.level", "info"),
     ("shutdown.grace.secs", "10"),
@@ -378,11 +382,7 @@ impl Config {
             push_token: Some(s.string("http.push.token")).filter(|token| !token.is_empty()),
             mqtt: mqtt_config(s)?,
             stream: stream_config(s)?,
-            dump: DumpConfig {
-                write_enabled: s.boolean("dump.write_enabled")?,
-                dir: PathBuf::from(non_empty(s, "dump.dir")?),
-                rotate_bytes: s.at_least("dump.rotate.bytes", 1024)?,
-            },
+            dump: dump_config(s)?,
             log: LogConfig {
                 format: match s.raw("log.format").0 {
                     "text" => LogFormat::Text,
@@ -410,6 +410,23 @@ fn non_empty(s: &Settings, key: &'static str) -> Result<String, ConfigError> {
         return Err(s.invalid(key, "must not be empty"));
     }
     Ok(value)
+}
+
+fn dump_config(s: &Settings) -> Result<DumpConfig, ConfigError> {
+    let fsync = match s.raw("dump.fsync").0 {
+        "batch" => FsyncPolicy::Batch,
+        "rotate" => FsyncPolicy::Rotate,
+        _ => return Err(s.invalid("dump.fsync", "expected batch or rotate")),
+    };
+    Ok(DumpConfig {
+        write_enabled: s.boolean("dump.write_enabled")?,
+        dir: PathBuf::from(non_empty(s, "dump.dir")?),
+        rotate_bytes: s.at_least("dump.rotate.bytes", 1024)?,
+        fsync,
+        retain_bytes: s.at_least("dump.retain.bytes", 0)?,
+        retain_days: s.at_least("dump.retain.days", 0)?,
+        import_poll_secs: s.at_least("dump.import.poll_secs", 1)?,
+    })
 }
 
 fn mqtt_config(s: &Settings) -> Result<MqttConfig, ConfigError> {
@@ -503,6 +520,7 @@ mod tests {
         assert_eq!(config.mqtt.ws_port, Some(9001));
         assert_eq!(config.stream.ingest_topic, "ingest/#");
         assert_eq!(config.dump.rotate_bytes, 268_435_456);
+        assert_eq!(config.dump.fsync, FsyncPolicy::Batch);
         assert_eq!(config.stream.cors_origins, CorsOrigins::Any);
     }
 
@@ -627,6 +645,14 @@ mod tests {
     fn ingest_topic_must_be_a_valid_filter() {
         let error = Config::with_overrides(&[("stream.ingest.topic", "ingest/#/x")]).unwrap_err();
         assert!(error.to_string().contains("stream.ingest.topic"), "{error}");
+    }
+
+    #[test]
+    fn dump_fsync_accepts_only_known_policies() {
+        let config = Config::with_overrides(&[("dump.fsync", "rotate")]).unwrap();
+        assert_eq!(config.dump.fsync, FsyncPolicy::Rotate);
+        let error = Config::with_overrides(&[("dump.fsync", "always")]).unwrap_err();
+        assert!(error.to_string().contains("dump.fsync"), "{error}");
     }
 
     #[test]

@@ -32,12 +32,7 @@ impl DedupeWindow {
             return true;
         }
 
-        let mut hasher = self.keyed.build_hasher();
-        hasher.write(source.as_bytes());
-        hasher.write_u8(0xff);
-        hasher.write(id.as_bytes());
-        let key = hasher.finish();
-
+        let key = self.key(source, id);
         if !self.seen.insert(key) {
             return false;
         }
@@ -48,6 +43,21 @@ impl DedupeWindow {
             }
         }
         true
+    }
+
+    /// Forgets the pair, so that it is new again. Its place in the eviction order stays
+    /// until it is evicted, which at worst forgets a re-inserted pair early.
+    pub fn remove(&mut self, source: &str, id: &str) {
+        let key = self.key(source, id);
+        self.seen.remove(&key);
+    }
+
+    fn key(&self, source: &str, id: &str) -> u64 {
+        let mut hasher = self.keyed.build_hasher();
+        hasher.write(source.as_bytes());
+        hasher.write_u8(0xff);
+        hasher.write(id.as_bytes());
+        hasher.finish()
     }
 
     pub fn len(&self) -> usize {
@@ -113,6 +123,15 @@ mod tests {
         assert_eq!(window.len(), 2);
         assert!(window.insert("s", "1"), "pair 1 should have left the window");
         assert!(!window.insert("s", "3"));
+    }
+
+    #[test]
+    fn removed_pair_is_new_again() {
+        let mut window = DedupeWindow::new(10);
+        window.insert("s", "1");
+        window.remove("s", "1");
+        assert!(window.insert("s", "1"));
+        assert!(!window.insert("s", "1"));
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub fn router(state: AppState) -> Router {
         app = app.merge(stream);
     }
 
-    app.merge(crate::dump::router(&state.config.dump))
+    app.merge(state.dump.router())
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not found") })
 }
 
@@ -121,11 +121,12 @@ async fn push(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
         }
     };
 
-    if let Err(error) = outcome.written.wait().await {
+    let (accepted, duplicates) = (outcome.accepted, outcome.duplicates);
+    if let Err(error) = state.publisher.wait_written(outcome).await {
         tracing::error!(%error, "push not written to the dump");
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "the dump write failed; retry later");
     }
-    Json(json!({ "accepted": outcome.accepted, "duplicates": outcome.duplicates })).into_response()
+    Json(json!({ "accepted": accepted, "duplicates": duplicates })).into_response()
 }
 
 /// Compares in constant time, so response timing does not reveal how much of a guess was
@@ -225,7 +226,7 @@ async fn status(State(state): State<AppState>) -> Response {
             "events_sent": Stats::get(&stats.sse_events_sent),
             "slow_disconnects": Stats::get(&stats.sse_slow_disconnects),
         },
-        "dump": { "files": files, "writer": state.dump.status() },
+        "dump": { "files": files, "writer": state.dump.status(), "import": state.dump.import_status() },
     }))
     .into_response()
 }

@@ -1,5 +1,5 @@
-//! The `lokstream` command: run the server (the default), replay a dump into a server, or
-//! print the effective configuration.
+//! The `lokstream` command: run the server (the default), replay a dump into a server,
+//! check dump files, or print the effective configuration.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use lokstream::collector::{self, PublishArgs, PublishOptions};
 use lokstream::config::Config;
-use lokstream::{logging, server};
+use lokstream::{dump, logging, server};
 
 #[derive(Parser)]
 #[command(name = "lokstream", version, about = "Realtime message streaming server")]
@@ -32,6 +32,19 @@ enum Command {
     Publish(PublishArgs),
     /// Print the effective configuration with the origin of each value.
     Config,
+    /// Work with dump files.
+    #[command(subcommand)]
+    Dump(DumpCommand),
+}
+
+#[derive(Subcommand)]
+enum DumpCommand {
+    /// Check every .txt and .txt.gz file of a folder: the CRC and length of every gzip
+    /// member, and one JSON object a line. Exits non-zero when a file is damaged.
+    Verify {
+        /// Folder to check; defaults to the own/ folder under dump.dir.
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +61,7 @@ fn main() -> ExitCode {
         Command::Run => runtime.block_on(run(cli.config, cli.sets)),
         Command::Publish(args) => runtime.block_on(publish(args.into())),
         Command::Config => print_config(cli.config, cli.sets),
+        Command::Dump(DumpCommand::Verify { dir }) => verify_dumps(dir, cli.config, cli.sets),
     }
 }
 
@@ -114,6 +128,39 @@ async fn publish(options: PublishOptions) -> ExitCode {
             eprintln!("lokstream publish: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn verify_dumps(dir: Option<PathBuf>, config_path: Option<PathBuf>, sets: Vec<String>) -> ExitCode {
+    let dir = match dir {
+        Some(dir) => dir,
+        None => match Config::load(config_path.as_deref(), std::env::vars(), &sets) {
+            Ok(config) => dump::own_dir(&config.dump.dir),
+            Err(error) => {
+                eprintln!("lokstream: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let checks = match dump::verify_dir(&dir) {
+        Ok(checks) => checks,
+        Err(error) => {
+            eprintln!("lokstream dump verify: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    println!("{:<40} {:>10} {:>9}  status", "file", "lines", "bad");
+    for check in &checks {
+        let status = check.damage.as_deref().unwrap_or("ok");
+        println!("{:<40} {:>10} {:>9}  {status}", check.name, check.lines, check.bad_lines);
+    }
+    let damaged = checks.iter().filter(|check| !check.is_ok()).count();
+    println!("{} files checked in {}, {damaged} damaged", checks.len(), dir.display());
+    if damaged > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

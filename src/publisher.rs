@@ -21,6 +21,8 @@ use crate::stats::{LogLimiter, Stats};
 pub enum Origin<'a> {
     Mqtt { topic: &'a str },
     Http,
+    /// A file replayed from the dump's `import/` folder.
+    Import { file: &'a str },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,8 @@ pub struct Outcome {
     pub duplicates: usize,
     /// Resolves when the accepted lines are written to the dump.
     pub written: Written,
+    /// `(source, id_str)` of the accepted messages, forgotten again when the write fails.
+    remembered: Vec<(String, String)>,
 }
 
 pub struct Publisher {
@@ -101,6 +105,7 @@ impl Publisher {
         let mut lines = Vec::with_capacity(prepared.len());
         let mut publications = Vec::new();
         let mut duplicates = 0;
+        let mut remembered = Vec::new();
 
         for item in &prepared {
             if let Some(id) = item.message.id_str.as_deref() {
@@ -108,6 +113,7 @@ impl Publisher {
                     duplicates += 1;
                     continue;
                 }
+                remembered.push((item.dedupe_source.clone(), id.to_owned()));
             }
             let line = item.message.to_line(state.ids.next_id());
             for topic in &item.channels {
@@ -135,7 +141,22 @@ impl Publisher {
             accepted,
             duplicates,
             written,
+            remembered,
         })
+    }
+
+    /// Waits until the accepted lines of `outcome` are in the dump. When the write failed,
+    /// their ids are forgotten, so that a retry is stored instead of being counted as a
+    /// duplicate. The retry then reaches the channels a second time.
+    pub async fn wait_written(&self, outcome: Outcome) -> Result<(), DumpError> {
+        let result = outcome.written.wait().await;
+        if result.is_err() && !outcome.remembered.is_empty() {
+            let mut state = self.state.lock().await;
+            for (source, id) in &outcome.remembered {
+                state.dedupe.remove(source, id);
+            }
+        }
+        result
     }
 
     fn prepare<'a>(&self, message: Message<'a>) -> Prepared<'a> {

@@ -58,6 +58,8 @@ pub struct RunningServer {
     grace: Duration,
     http: JoinHandle<std::io::Result<()>>,
     ingest: JoinHandle<()>,
+    /// The `import/` watcher; `None` when dump writing is disabled.
+    import: Option<JoinHandle<()>>,
     dump: DumpWriter,
 }
 
@@ -101,6 +103,11 @@ impl RunningServer {
         }
         if let Err(error) = self.ingest.await {
             tracing::error!(%error, "ingest task failed");
+        }
+        if let Some(import) = self.import {
+            if let Err(error) = import.await {
+                tracing::error!(%error, "import task failed");
+            }
         }
         self.dump.shutdown().await;
         tracing::info!("stopped");
@@ -179,6 +186,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         Err(_) => tracing::warn!(filter = ingest_filter, "the broker is not reachable yet; MQTT ingest starts once it is"),
     }
     let ingest = tokio::spawn(ingest::run(ingest_deliveries, publisher.clone(), stats.clone(), shutdown.clone()));
+    let import = dump.start_import(publisher.clone(), shutdown.clone());
 
     let (hub_session, hub_deliveries) = broker.open_session("hub", HUB_QUEUE).await?;
     let hub = Hub::start(hub_session, hub_deliveries, config.stream.client_queue_events, stats.clone());
@@ -228,6 +236,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         grace: Duration::from_secs(config.shutdown_grace_secs),
         http,
         ingest,
+        import,
         dump,
     })
 }

@@ -1,19 +1,31 @@
 //! Compression of rotated files on one worker thread, in the order they were rotated.
 //! A `.txt.gz` appears only after it was written in full under a `.tmp` name, fsynced
 //! and renamed, and the `.txt` is removed only after that, so a crash at any step leaves
-//! at least one complete copy of every line.
+//! at least one complete copy of every line. The same pass computes the file's facts for
+//! the index, and retention runs after each file and once an hour.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
+use super::facts::{self, FileFacts, HashingWriter, LineTally};
 use super::names;
+use super::retention::Retention;
 use super::status::StatusCell;
+use super::DumpStatus;
+
+/// Interval of the retention pass while no file is rotated, so that `dump.retain.days`
+/// also deletes files on a server that receives nothing.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Read buffer for the `.txt`, in bytes.
+const READ_BUFFER_BYTES: usize = 256 * 1024;
 
 /// gzip level 6, the zlib default. Level 9 spends more CPU for slightly smaller files (a
 /// general zlib trade-off, not measured on dump files), and the worker must keep up with
@@ -27,13 +39,18 @@ pub(super) struct Compressor {
 }
 
 impl Compressor {
-    pub(super) fn start(status: Arc<StatusCell>) -> io::Result<Self> {
+    pub(super) fn start(status: Arc<StatusCell<DumpStatus>>, retention: Retention) -> io::Result<Self> {
         let (queue, files) = mpsc::channel::<PathBuf>();
         let worker = std::thread::Builder::new()
             .name("dump-compress".into())
-            .spawn(move || {
-                for path in files {
-                    compress_and_count(&path, &status);
+            .spawn(move || loop {
+                match files.recv_timeout(RETENTION_INTERVAL) {
+                    Ok(path) => {
+                        compress_and_count(&path, &status);
+                        retention.apply();
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => retention.apply(),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
             })?;
 
@@ -74,7 +91,7 @@ impl Drop for Compressor {
     }
 }
 
-fn compress_and_count(txt: &Path, status: &StatusCell) {
+fn compress_and_count(txt: &Path, status: &StatusCell<DumpStatus>) {
     match compress_file(txt) {
         Ok(gz_bytes) => {
             status.update(|s| s.compressions += 1);
@@ -87,15 +104,17 @@ fn compress_and_count(txt: &Path, status: &StatusCell) {
     }
 }
 
-/// Compresses `dir/NAME.txt` to `dir/NAME.txt.gz` and removes the `.txt`. Returns the size
-/// of the `.gz`. On error the `.txt` stays and the temporary file is removed.
-pub(super) fn compress_file(txt: &Path) -> io::Result<u64> {
+/// Compresses `dir/NAME.txt` to `dir/NAME.txt.gz`, stores its facts in the sidecar and
+/// removes the `.txt`. Returns the size of the `.gz`. On error the `.txt` stays and the
+/// temporary file is removed.
+pub fn compress_file(txt: &Path) -> io::Result<u64> {
     let (dir, plain_name) = split_path(txt)?;
-    let gz = dir.join(names::compressed_name(plain_name));
+    let gz_name = names::compressed_name(plain_name);
+    let gz = dir.join(&gz_name);
     let temp = dir.join(names::temp_compressed_name(plain_name));
 
-    let gz_bytes = match write_compressed(txt, &temp) {
-        Ok(bytes) => bytes,
+    let facts = match write_compressed(txt, &temp) {
+        Ok(facts) => facts,
         Err(error) => {
             remove_temp(&temp);
             return Err(error);
@@ -108,27 +127,43 @@ pub(super) fn compress_file(txt: &Path) -> io::Result<u64> {
     }
     sync_dir(dir)?;
 
+    // The index rebuilds missing facts at the next start, so a failed store costs only time.
+    if let Err(error) = facts::store(dir, &gz_name, &facts) {
+        tracing::warn!(file = %gz.display(), %error, "could not store dump file facts");
+    }
+
     // The `.txt.gz` is durable at this point, so a failed removal only leaves a duplicate.
     if let Err(error) = fs::remove_file(txt) {
         tracing::warn!(file = %txt.display(), %error, "compressed dump file, but the .txt could not be removed");
     }
-    Ok(gz_bytes)
+    Ok(facts.bytes)
 }
 
-fn write_compressed(txt: &Path, temp: &Path) -> io::Result<u64> {
-    let mut source = File::open(txt)?;
-    let target = File::create(temp)?;
+/// Writes the gzip of `txt` to `temp` and fsyncs it, counting lines on the way in and
+/// hashing the compressed bytes on the way out.
+fn write_compressed(txt: &Path, temp: &Path) -> io::Result<FileFacts> {
+    let mut source = BufReader::with_capacity(READ_BUFFER_BYTES, File::open(txt)?);
+    let target = HashingWriter::new(BufWriter::new(File::create(temp)?));
+    let mut encoder = GzEncoder::new(target, Compression::new(GZIP_LEVEL));
 
-    let mut encoder = GzEncoder::new(BufWriter::new(target), Compression::new(GZIP_LEVEL));
-    io::copy(&mut source, &mut encoder)?;
+    let mut tally = LineTally::default();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if source.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        encoder.write_all(&line)?;
+        tally.add(line.strip_suffix(b"\n").unwrap_or(&line));
+    }
 
     // `finish` writes the gzip trailer; dropping the encoder instead would hide its error.
-    let mut buffered = encoder.finish()?;
+    let (mut buffered, sha256) = encoder.finish()?.finish();
     buffered.flush()?;
     let target = buffered.into_inner().map_err(io::IntoInnerError::into_error)?;
     target.sync_all()?;
 
-    Ok(target.metadata()?.len())
+    Ok(tally.into_facts(target.metadata()?.len(), sha256))
 }
 
 fn remove_temp(temp: &Path) {

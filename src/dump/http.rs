@@ -19,8 +19,11 @@ use futures_util::StreamExt;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
+use super::facts::{self, FileFacts};
 use super::listing::{self, DumpFile};
 use super::names;
+use super::status::StatusCell;
+use super::DumpStatus;
 
 const GZIP_CONTENT_TYPE: &str = "application/gzip";
 const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
@@ -28,12 +31,15 @@ const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 #[derive(Clone)]
 struct DumpFiles {
     own: Arc<PathBuf>,
+    /// The writer's status, for the facts of the file being written.
+    writer: Option<Arc<StatusCell<DumpStatus>>>,
 }
 
 /// Builds the `/dump` routes serving the files in `own`.
-pub(super) fn router(own: &FsPath) -> Router {
+pub(super) fn router(own: &FsPath, writer: Option<Arc<StatusCell<DumpStatus>>>) -> Router {
     let files = DumpFiles {
         own: Arc::new(own.to_path_buf()),
+        writer,
     };
     Router::new()
         .route("/dump", get(redirect_to_listing))
@@ -75,35 +81,97 @@ async fn listing_html(State(files): State<DumpFiles>) -> Result<Response, DumpHt
 }
 
 #[derive(serde::Serialize)]
-struct Index<'a> {
-    files: Vec<IndexEntry<'a>>,
+struct Index {
+    files: Vec<IndexEntry>,
 }
 
 #[derive(serde::Serialize)]
-struct IndexEntry<'a> {
-    name: &'a str,
+struct IndexEntry {
+    name: String,
     bytes: u64,
     /// RFC 3339 in UTC, for example `2024-05-01T12:00:00Z`.
     modified: String,
     compressed: bool,
+    /// Lines in the file; `null` while not known (a `.txt` waiting for compression, or a
+    /// `.txt.gz` whose facts are being rebuilt).
+    messages: Option<u64>,
+    /// Times of the first and last message, from their `stream_id`, RFC 3339 in UTC with
+    /// milliseconds.
+    first_message: Option<String>,
+    last_message: Option<String>,
+    /// SHA-256 of a closed (`.txt.gz`) file, lower-case hex.
+    sha256: Option<String>,
 }
 
-// NOTE: the SHA-256 of closed files is not in the index yet; no SHA-256 crate is a
-// dependency of this crate.
+impl IndexEntry {
+    fn new(file: &DumpFile) -> Self {
+        Self {
+            name: file.name.clone(),
+            bytes: file.bytes,
+            modified: file.modified.to_rfc3339_opts(SecondsFormat::Secs, true),
+            compressed: file.compressed,
+            messages: None,
+            first_message: None,
+            last_message: None,
+            sha256: None,
+        }
+    }
+
+    fn with_facts(mut self, facts: FileFacts) -> Self {
+        self.messages = Some(facts.lines);
+        self.first_message = facts.first_ms.and_then(format_millis);
+        self.last_message = facts.last_ms.and_then(format_millis);
+        self.sha256 = Some(facts.sha256);
+        self
+    }
+
+    fn with_writer_status(mut self, status: &DumpStatus) -> Self {
+        self.messages = Some(status.current_lines);
+        self.first_message = status.current_first_ms.and_then(format_millis);
+        self.last_message = status.current_last_ms.and_then(format_millis);
+        self
+    }
+}
+
+fn format_millis(millis: u64) -> Option<String> {
+    let millis = i64::try_from(millis).ok()?;
+    let time = DateTime::<Utc>::from_timestamp_millis(millis)?;
+    Some(time.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
 async fn listing_json(State(files): State<DumpFiles>) -> Result<Response, DumpHttpError> {
     let listed = load_listing(&files.own).await?;
-    let index = Index {
-        files: listed
-            .iter()
-            .map(|file| IndexEntry {
-                name: &file.name,
-                bytes: file.bytes,
-                modified: file.modified.to_rfc3339_opts(SecondsFormat::Secs, true),
-                compressed: file.compressed,
-            })
-            .collect(),
+    let writer = files.writer.as_ref().map(|status| status.snapshot());
+
+    let own = Arc::clone(&files.own);
+    let entries = tokio::task::spawn_blocking(move || index_entries(&own, &listed, writer.as_ref())).await;
+    let Ok(entries) = entries else {
+        tracing::error!(dir = %files.own.display(), "reading dump file facts panicked");
+        return Err(DumpHttpError::Internal);
     };
-    Ok(([(header::CACHE_CONTROL, "no-cache")], Json(index)).into_response())
+    Ok(([(header::CACHE_CONTROL, "no-cache")], Json(Index { files: entries })).into_response())
+}
+
+/// Joins the listing with the stored facts of closed files and the writer's facts of the
+/// file being written.
+fn index_entries(own: &FsPath, listed: &[DumpFile], writer: Option<&DumpStatus>) -> Vec<IndexEntry> {
+    let current = writer.and_then(|status| status.current_file.as_deref());
+    listed
+        .iter()
+        .map(|file| {
+            let entry = IndexEntry::new(file);
+            if file.compressed {
+                return match facts::load(own, &file.name, file.bytes) {
+                    Some(facts) => entry.with_facts(facts),
+                    None => entry,
+                };
+            }
+            match writer {
+                Some(status) if current == Some(file.name.as_str()) => entry.with_writer_status(status),
+                _ => entry,
+            }
+        })
+        .collect()
 }
 
 async fn load_listing(own: &Arc<PathBuf>) -> Result<Vec<DumpFile>, DumpHttpError> {
@@ -183,6 +251,9 @@ async fn download(
         if if_range_fails(request.headers(), tag, &metadata) {
             request.headers_mut().remove(header::RANGE);
         }
+    }
+    if let Some(unsatisfiable) = prepare_range(request.headers_mut(), metadata.len()) {
+        return Ok(set_file_headers(unsatisfiable, &name, entity_tag));
     }
 
     let served = match ServeFile::new(&path).oneshot(request).await {
@@ -272,6 +343,34 @@ pub(super) fn limit_body(body: Body, limit: u64) -> Body {
         std::future::ready(Some(chunk))
     });
     Body::from_stream(chunks)
+}
+
+/// Rewrites `Range` where `ServeFile` (tower-http 0.6) departs from RFC 9110, or returns
+/// the response itself:
+/// - a unit other than `bytes` must be ignored, and several ranges may be, so both are
+///   dropped and the whole file is sent (`ServeFile` responds 416 to both);
+/// - a suffix range longer than the file selects the whole file (`ServeFile` responds 416);
+/// - every range of an empty file is unsatisfiable (`ServeFile` responds 206).
+fn prepare_range(headers: &mut HeaderMap, size: u64) -> Option<Response> {
+    let range = headers.get(header::RANGE)?;
+    let Some(ranges) = range.to_str().ok().and_then(|range| range.trim().strip_prefix("bytes=")) else {
+        headers.remove(header::RANGE);
+        return None;
+    };
+    if ranges.contains(',') {
+        headers.remove(header::RANGE);
+        return None;
+    }
+
+    if size == 0 {
+        let unsatisfiable = [(header::CONTENT_RANGE, "bytes */0".to_owned())];
+        return Some((StatusCode::RANGE_NOT_SATISFIABLE, unsatisfiable).into_response());
+    }
+    let suffix = ranges.trim().strip_prefix('-').and_then(|length| length.parse::<u64>().ok());
+    if suffix.is_some_and(|length| length > size) {
+        headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-"));
+    }
+    None
 }
 
 /// Builds a strong ETag from length and modification time in nanoseconds, which together

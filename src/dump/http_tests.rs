@@ -27,11 +27,7 @@ const OLD_LINES: &str = "{\"id_str\":\"1\"}\n{\"id_str\":\"2\"}\n{\"id_str\":\"3
 const NEW_LINES: &str = "{\"id_str\":\"4\"}\n{\"id_str\":\"5\"}\n";
 
 fn config(dir: &Path) -> DumpConfig {
-    DumpConfig {
-        write_enabled: true,
-        dir: dir.to_path_buf(),
-        rotate_bytes: 1024,
-    }
+    super::writer_tests::config(dir, 1024)
 }
 
 fn gzip(text: &str) -> Vec<u8> {

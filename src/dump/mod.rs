@@ -3,13 +3,21 @@
 //! Invariant: a line is in a `.txt.gz` only after that file was fsynced and renamed into place.
 //!
 //! `writer` runs the thread that writes and rotates, `compress` the worker that gzips rotated
-//! files, `names` the file naming rules and `http` the `/dump/` routes.
+//! files, `repair` the start-up checks after a crash, `facts` the per-file index facts,
+//! `retention` the deletion of old files, `import` the drop folder, `verify` the file check
+//! and `http` the `/dump/` routes.
 
 mod compress;
+mod facts;
 mod http;
+mod import;
+mod lines;
 mod listing;
 mod names;
+mod repair;
+mod retention;
 mod status;
+mod verify;
 mod writer;
 
 #[cfg(test)]
@@ -18,15 +26,24 @@ mod test_clock;
 mod http_tests;
 #[cfg(test)]
 mod writer_tests;
+#[cfg(test)]
+mod repair_tests;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-pub use names::{is_dump_file_name, own_dir, IMPORTED_DIR, IMPORT_DIR, OWN_DIR};
+pub use compress::compress_file;
+pub use import::ImportStatus;
+pub use names::{is_dump_file_name, own_dir, DAMAGED_DIR, IMPORTED_DIR, IMPORT_DIR, OWN_DIR};
+pub use verify::{verify_dir, FileCheck, VerifyError};
 
+use compress::Compressor;
+use retention::Retention;
 use status::StatusCell;
 use writer::AppendRequest;
 
@@ -36,6 +53,24 @@ pub struct DumpConfig {
     pub write_enabled: bool,
     pub dir: PathBuf,
     pub rotate_bytes: u64,
+    pub fsync: FsyncPolicy,
+    /// Maximum bytes of dump files in `own/` before the oldest closed ones are deleted; 0 is off.
+    pub retain_bytes: u64,
+    /// Age in days past which closed dump files are deleted; 0 is off.
+    pub retain_days: u64,
+    pub import_poll_secs: u64,
+}
+
+/// When the writer fsyncs the dump file (`dump.fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// Once per group commit, before its appends complete: an acknowledged line survives a
+    /// power loss.
+    Batch,
+    /// Only at rotation and shutdown: an acknowledged line survives a crash of the process
+    /// (it is in the OS page cache) but not a power loss or kernel crash.
+    Rotate,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +113,14 @@ pub struct DumpStatus {
     pub last_error: Option<String>,
     /// Rotated files that could not be compressed and stay `.txt`.
     pub compression_errors: u64,
+    /// Committed lines in the file being written.
+    pub current_lines: u64,
+    /// Unix milliseconds of the `stream_id` of the first and last committed line of the
+    /// file being written.
+    pub current_first_ms: Option<u64>,
+    pub current_last_ms: Option<u64>,
+    /// Closed files deleted by `dump.retain.bytes` or `dump.retain.days`.
+    pub files_deleted: u64,
 }
 
 /// Handle to the dump writer thread; cheap to clone.
@@ -87,8 +130,10 @@ pub struct DumpWriter {
 }
 
 struct Inner {
+    config: DumpConfig,
     state: Mutex<WriterState>,
-    status: Arc<StatusCell>,
+    status: Arc<StatusCell<DumpStatus>>,
+    import: Arc<StatusCell<ImportStatus>>,
     /// Becomes `true` when the writer thread has finished; `None` when writing is disabled.
     stopped: Option<watch::Receiver<bool>>,
 }
@@ -127,8 +172,9 @@ impl Written {
 }
 
 impl DumpWriter {
-    /// Creates `own/`, `import/` and `imported/` under `config.dir` and starts the writer
-    /// thread. With writing disabled it creates nothing and starts nothing.
+    /// Creates `own/`, `import/` and `imported/` under `config.dir`, repairs what a crash
+    /// left in `own/` and starts the writer thread. With writing disabled it creates
+    /// nothing and starts nothing.
     pub fn open(config: &DumpConfig, clock: std::sync::Arc<dyn Clock>) -> Result<Self, DumpError> {
         if !config.write_enabled {
             tracing::info!("dump writing disabled; accepted messages are not stored");
@@ -137,12 +183,13 @@ impl DumpWriter {
                 healthy: true,
                 ..DumpStatus::default()
             };
-            return Ok(Self::with_state(WriterState::Disabled, status, None));
+            return Ok(Self::with_state(config, WriterState::Disabled, status, None));
         }
 
         for sub in [OWN_DIR, IMPORT_DIR, IMPORTED_DIR] {
             std::fs::create_dir_all(config.dir.join(sub))?;
         }
+        let leftovers = repair::repair_own_dir(&config.dir)?;
 
         let status = DumpStatus {
             enabled: true,
@@ -151,18 +198,29 @@ impl DumpWriter {
         };
         let (requests, queue) = mpsc::channel(writer::MAX_BATCH_REQUESTS);
         let (stopped_sender, stopped) = watch::channel(false);
-        let writer = Self::with_state(WriterState::Running(requests), status, Some(stopped));
+        let writer = Self::with_state(config, WriterState::Running(requests), status, Some(stopped));
+        let status = Arc::clone(&writer.inner.status);
 
-        writer::spawn(
-            own_dir(&config.dir),
-            config.rotate_bytes,
-            clock,
-            Arc::clone(&writer.inner.status),
-            queue,
-            stopped_sender,
-        )?;
+        let retention = Retention::new(config, Arc::clone(&status));
+        let compressor = Compressor::start(Arc::clone(&status), retention.clone())?;
+        for leftover in leftovers {
+            compressor.submit(leftover);
+        }
+        facts::rebuild_in_background(own_dir(&config.dir), retention)?;
 
-        tracing::info!(dir = %config.dir.display(), rotate_bytes = config.rotate_bytes, "dump writer started");
+        let settings = writer::Settings {
+            own_dir: own_dir(&config.dir),
+            rotate_bytes: config.rotate_bytes,
+            fsync: config.fsync,
+        };
+        writer::spawn(settings, clock, status, compressor, queue, stopped_sender)?;
+
+        tracing::info!(
+            dir = %config.dir.display(),
+            rotate_bytes = config.rotate_bytes,
+            fsync = ?config.fsync,
+            "dump writer started"
+        );
         Ok(writer)
     }
 
@@ -191,6 +249,31 @@ impl DumpWriter {
 
     pub fn status(&self) -> DumpStatus {
         self.inner.status.snapshot()
+    }
+
+    /// Progress of the `import/` drop folder, for `/api/status.json`.
+    pub fn import_status(&self) -> ImportStatus {
+        self.inner.import.snapshot()
+    }
+
+    /// Starts replaying files dropped into `import/` through `publisher`, until `shutdown`
+    /// fires. Returns `None` when writing is disabled, because then no `import/` exists.
+    pub fn start_import(
+        &self,
+        publisher: Arc<crate::publisher::Publisher>,
+        shutdown: CancellationToken,
+    ) -> Option<JoinHandle<()>> {
+        if !self.inner.config.write_enabled {
+            return None;
+        }
+        let folder = import::ImportFolder::new(&self.inner.config, Arc::clone(&self.inner.import));
+        Some(tokio::spawn(folder.run(publisher, shutdown)))
+    }
+
+    /// Routes for `/dump/`, `/dump/index.json` and `/dump/NAME`, with the facts of the
+    /// file being written taken from this writer.
+    pub fn router(&self) -> axum::Router {
+        http::router(&own_dir(&self.inner.config.dir), Some(Arc::clone(&self.inner.status)))
     }
 
     /// Stops taking appends, writes everything already queued, fsyncs the current file
@@ -222,11 +305,18 @@ impl DumpWriter {
         );
     }
 
-    fn with_state(state: WriterState, status: DumpStatus, stopped: Option<watch::Receiver<bool>>) -> Self {
+    fn with_state(
+        config: &DumpConfig,
+        state: WriterState,
+        status: DumpStatus,
+        stopped: Option<watch::Receiver<bool>>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                config: config.clone(),
                 state: Mutex::new(state),
                 status: Arc::new(StatusCell::new(status)),
+                import: Arc::new(StatusCell::new(ImportStatus::default())),
                 stopped,
             }),
         }
@@ -243,7 +333,8 @@ pub fn count_files(config: &DumpConfig) -> std::io::Result<usize> {
     listing::list_files(&own_dir(&config.dir)).map(|files| files.len())
 }
 
-/// Routes for `/dump/`, `/dump/index.json` and `/dump/NAME`.
+/// Routes for `/dump/`, `/dump/index.json` and `/dump/NAME` without a writer: the index
+/// has no facts about a file being written.
 pub fn router(config: &DumpConfig) -> axum::Router {
-    http::router(&own_dir(&config.dir))
+    http::router(&own_dir(&config.dir), None)
 }

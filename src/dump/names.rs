@@ -13,6 +13,8 @@ pub const OWN_DIR: &str = "own";
 pub const IMPORT_DIR: &str = "import";
 /// Subdirectory that receives files after they were replayed.
 pub const IMPORTED_DIR: &str = "imported";
+/// Subdirectory where start-up repair sets aside files it cannot place; never listed.
+pub const DAMAGED_DIR: &str = "damaged";
 
 const PREFIX: &str = "messages_";
 const PLAIN_SUFFIX: &str = ".txt";
@@ -39,6 +41,12 @@ pub(super) fn compressed_name(plain_name: &str) -> String {
 /// Returns the temporary name the compressed file is written under before the rename.
 pub(super) fn temp_compressed_name(plain_name: &str) -> String {
     format!("{plain_name}.gz{TEMP_SUFFIX}")
+}
+
+/// Returns the plain name a temporary compressed file was made from, if `name` is one.
+pub(super) fn plain_name_of_temp(name: &str) -> Option<&str> {
+    let plain = name.strip_suffix(TEMP_SUFFIX)?.strip_suffix(".gz")?;
+    (is_dump_file_name(plain) && !is_compressed_name(plain)).then_some(plain)
 }
 
 /// Checks that `name` is exactly `messages_` + 8 digits + `_` + 8 digits + `.txt` or
@@ -78,6 +86,8 @@ mod tests {
         assert!(is_dump_file_name(&name), "{name}");
         assert!(is_dump_file_name(&compressed_name(&name)));
         assert!(!is_dump_file_name(&temp_compressed_name(&name)));
+        assert_eq!(plain_name_of_temp(&temp_compressed_name(&name)), Some(name.as_str()));
+        assert_eq!(plain_name_of_temp("other.txt.gz.tmp"), None);
     }
 
     #[test]

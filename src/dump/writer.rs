@@ -1,7 +1,8 @@
 //! The writer thread: takes append requests in stream-id order, writes each line plus `\n`
 //! to the current file with blocking I/O and rotates between lines, so no file ends with a
-//! partial line. Requests queued together share one flush (group commit) and complete
-//! only after it, or with the error that stopped them.
+//! partial line. Requests queued together share one flush (group commit), fsynced under
+//! `dump.fsync = batch`, and complete only after it, or with the error that stopped them.
+//! While writes fail, the thread probes the disk so it turns healthy again without traffic.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -14,19 +15,25 @@ use chrono::{DateTime, NaiveDate, Utc};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::compress::{self, Compressor};
+use super::facts;
 use super::names;
 use super::status::StatusCell;
-use super::{Clock, DumpError};
+use super::{Clock, DumpError, DumpStatus, FsyncPolicy};
 
 /// Maximum number of requests written under one flush, and the capacity of the queue.
 /// Without the cap, producers that keep the queue full would grow one batch without end
 /// and its first requests would never complete.
 pub(super) const MAX_BATCH_REQUESTS: usize = 1024;
 
-/// Whether each group commit also fsyncs the file. Off: an acknowledged line is in the OS
-/// page cache, which survives a crash of the process but not a power loss or kernel panic.
-/// Rotation and shutdown always fsync.
-const FSYNC_EACH_BATCH: bool = false;
+/// While writes fail, the disk is probed this often, so that `/readyz` recovers even when
+/// no appends arrive (a load balancer that reads `/readyz` stops sending them).
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Hidden scratch file of the probe in `own/`; its name is never listed.
+const PROBE_FILE_NAME: &str = ".write-probe";
+
+/// Bytes the probe writes and fsyncs: one buffer's worth, as a batch would.
+const PROBE_BYTES: usize = WRITE_BUFFER_BYTES;
 
 /// Attempts at finding an unused random file name before opening fails. With 10^8 numbers
 /// per day, even one collision is unlikely.
@@ -44,32 +51,40 @@ pub(super) struct AppendRequest {
     pub(super) done: oneshot::Sender<Result<(), DumpError>>,
 }
 
-/// Starts the writer thread and the compression worker it hands rotated files to. The
-/// thread runs until every sender of `requests` is dropped, then closes the current file,
-/// waits for pending compressions and sets `stopped` to `true`.
+/// The writer's share of `DumpConfig`.
+pub(super) struct Settings {
+    pub(super) own_dir: PathBuf,
+    pub(super) rotate_bytes: u64,
+    pub(super) fsync: FsyncPolicy,
+}
+
+/// Starts the writer thread, which hands rotated files to `compressor`. The thread runs
+/// until every sender of `requests` is dropped, then closes the current file, waits for
+/// pending compressions and sets `stopped` to `true`.
 pub(super) fn spawn(
-    own_dir: PathBuf,
-    rotate_bytes: u64,
+    settings: Settings,
     clock: Arc<dyn Clock>,
-    status: Arc<StatusCell>,
+    status: Arc<StatusCell<DumpStatus>>,
+    compressor: Compressor,
     requests: mpsc::Receiver<AppendRequest>,
     stopped: watch::Sender<bool>,
 ) -> io::Result<()> {
-    let compressor = Compressor::start(Arc::clone(&status))?;
+    // The thread's own runtime only times the wait for requests while writes fail.
+    let timer = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
     let writer = WriterThread {
-        own_dir,
-        rotate_bytes,
+        settings,
         clock,
         status,
         compressor,
         current: None,
+        failing: false,
         error_log: ErrorLog::default(),
     };
 
     std::thread::Builder::new()
         .name("dump-writer".into())
         .spawn(move || {
-            writer.run(requests);
+            writer.run(&timer, requests);
             stopped.send_replace(true);
         })?;
     Ok(())
@@ -87,10 +102,15 @@ struct CurrentFile {
     /// File length after the last successful commit. Everything before it belongs to
     /// completed requests, and a broken file is cut back to it.
     committed_bytes: u64,
+    lines: u64,
+    committed_lines: u64,
+    /// Unix milliseconds of the first line's `stream_id`.
+    first_ms: Option<u64>,
+    last_line: Bytes,
 }
 
 impl CurrentFile {
-    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+    fn write_line(&mut self, line: &Bytes) -> io::Result<()> {
         debug_assert!(
             !line.iter().any(|&byte| byte == b'\n' || byte == b'\r'),
             "a dump line must not contain CR or LF"
@@ -98,6 +118,12 @@ impl CurrentFile {
         self.out.write_all(line)?;
         self.out.write_all(b"\n")?;
         self.bytes += line.len() as u64 + 1;
+
+        if self.lines == 0 {
+            self.first_ms = facts::stream_millis(line);
+        }
+        self.lines += 1;
+        self.last_line = line.clone();
         Ok(())
     }
 
@@ -108,23 +134,40 @@ impl CurrentFile {
             self.out.get_ref().sync_all()?;
         }
         self.committed_bytes = self.bytes;
+        self.committed_lines = self.lines;
         Ok(())
     }
 }
 
+/// The writer thread's next step.
+enum Next {
+    Request(AppendRequest),
+    Probe,
+    Closed,
+}
+
 struct WriterThread {
-    own_dir: PathBuf,
-    rotate_bytes: u64,
+    settings: Settings,
     clock: Arc<dyn Clock>,
-    status: Arc<StatusCell>,
+    status: Arc<StatusCell<DumpStatus>>,
     compressor: Compressor,
     current: Option<CurrentFile>,
+    /// The last write failed and no write or probe succeeded since.
+    failing: bool,
     error_log: ErrorLog,
 }
 
 impl WriterThread {
-    fn run(mut self, mut requests: mpsc::Receiver<AppendRequest>) {
-        while let Some(first) = requests.blocking_recv() {
+    fn run(mut self, timer: &tokio::runtime::Runtime, mut requests: mpsc::Receiver<AppendRequest>) {
+        loop {
+            let first = match self.next(timer, &mut requests) {
+                Next::Request(request) => request,
+                Next::Probe => {
+                    self.probe();
+                    continue;
+                }
+                Next::Closed => break,
+            };
             let mut batch = vec![first];
 
             // `try_recv` fails when the queue is empty or closed; a closed queue also ends
@@ -141,6 +184,47 @@ impl WriterThread {
 
         self.close_at_shutdown();
         self.compressor.finish();
+    }
+
+    /// Waits for the next request; while writes fail, at most `PROBE_INTERVAL`.
+    fn next(&self, timer: &tokio::runtime::Runtime, requests: &mut mpsc::Receiver<AppendRequest>) -> Next {
+        let received = if self.failing {
+            // The timer must be created inside the runtime, so the future is built in it.
+            match timer.block_on(async { tokio::time::timeout(PROBE_INTERVAL, requests.recv()).await }) {
+                Ok(received) => received,
+                Err(_elapsed) => return Next::Probe,
+            }
+        } else {
+            requests.blocking_recv()
+        };
+        match received {
+            Some(request) => Next::Request(request),
+            None => Next::Closed,
+        }
+    }
+
+    /// Writes and fsyncs a scratch file, and marks the writer healthy when that works. A
+    /// full disk fails the write or the fsync, as it would fail a batch.
+    fn probe(&mut self) {
+        let path = self.settings.own_dir.join(PROBE_FILE_NAME);
+        let written = File::create(&path).and_then(|mut file| {
+            file.write_all(&[0; PROBE_BYTES])?;
+            file.sync_all()
+        });
+        if let Err(error) = fs::remove_file(&path) {
+            if error.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(file = %path.display(), %error, "could not remove the dump write probe");
+            }
+        }
+
+        match written {
+            Ok(()) => {
+                self.failing = false;
+                self.status.update(|s| s.healthy = true);
+                self.error_log.recovered();
+            }
+            Err(error) => tracing::debug!(%error, "dump write probe failed"),
+        }
     }
 
     fn write_batch(&mut self, batch: Vec<AppendRequest>) {
@@ -198,7 +282,7 @@ impl WriterThread {
             return false;
         };
         let date_changed = file.date != now.date_naive();
-        let full = file.bytes > 0 && file.bytes >= self.rotate_bytes;
+        let full = file.bytes > 0 && file.bytes >= self.settings.rotate_bytes;
         date_changed || full
     }
 
@@ -212,31 +296,45 @@ impl WriterThread {
             return Err(error);
         }
 
-        tracing::info!(file = %file.name, bytes = file.bytes, "dump file rotated");
+        tracing::info!(file = %file.name, bytes = file.bytes, lines = file.lines, "dump file rotated");
         self.status.update(|s| {
             s.rotations += 1;
-            s.current_file = None;
+            clear_current(s);
         });
         self.compressor.submit(file.path);
         Ok(())
     }
 
     /// Commits the lines written since the last commit. This is the one place where a group
-    /// commit reaches the OS, and `FSYNC_EACH_BATCH` sets its fsync policy.
+    /// commit reaches the OS, and `dump.fsync` sets whether it also reaches the disk.
     fn commit_current(&mut self) -> io::Result<()> {
-        match &mut self.current {
-            Some(file) if file.bytes > file.committed_bytes => file.commit(FSYNC_EACH_BATCH),
-            _ => Ok(()),
+        let sync = self.settings.fsync == FsyncPolicy::Batch;
+        let Some(file) = &mut self.current else {
+            return Ok(());
+        };
+        if file.bytes == file.committed_bytes {
+            return Ok(());
         }
+
+        file.commit(sync)?;
+        let (lines, first_ms) = (file.committed_lines, file.first_ms);
+        let last_ms = facts::stream_millis(&file.last_line);
+        self.status.update(|s| {
+            s.current_lines = lines;
+            s.current_first_ms = first_ms;
+            s.current_last_ms = last_ms;
+        });
+        Ok(())
     }
 
     fn open_file(&self, now: DateTime<Utc>) -> io::Result<CurrentFile> {
         let date = now.date_naive();
+        let own_dir = &self.settings.own_dir;
 
         for _ in 0..MAX_NAME_ATTEMPTS {
             let name = names::random_file_name(date);
-            let path = self.own_dir.join(&name);
-            if self.own_dir.join(names::compressed_name(&name)).try_exists()? {
+            let path = own_dir.join(&name);
+            if own_dir.join(names::compressed_name(&name)).try_exists()? {
                 continue;
             }
 
@@ -249,12 +347,15 @@ impl WriterThread {
             };
             // A failed directory fsync only puts the new name at risk on power loss, and the
             // file itself works, so writing goes on.
-            if let Err(error) = compress::sync_dir(&self.own_dir) {
+            if let Err(error) = compress::sync_dir(own_dir) {
                 tracing::warn!(file = %name, %error, "fsync of the dump directory failed after creating a file");
             }
 
             tracing::info!(file = %name, "dump file opened");
-            self.status.update(|s| s.current_file = Some(name.clone()));
+            self.status.update(|s| {
+                clear_current(s);
+                s.current_file = Some(name.clone());
+            });
             return Ok(CurrentFile {
                 name,
                 path,
@@ -262,6 +363,10 @@ impl WriterThread {
                 out: BufWriter::with_capacity(WRITE_BUFFER_BYTES, handle),
                 bytes: 0,
                 committed_bytes: 0,
+                lines: 0,
+                committed_lines: 0,
+                first_ms: None,
+                last_line: Bytes::new(),
             });
         }
 
@@ -269,7 +374,7 @@ impl WriterThread {
             io::ErrorKind::AlreadyExists,
             format!(
                 "found no unused dump file name in {} after {MAX_NAME_ATTEMPTS} attempts",
-                self.own_dir.display()
+                own_dir.display()
             ),
         ))
     }
@@ -281,7 +386,7 @@ impl WriterThread {
         let Some(file) = self.current.take() else {
             return;
         };
-        self.status.update(|s| s.current_file = None);
+        self.status.update(clear_current);
         let (handle, _discarded) = file.out.into_parts();
 
         if file.committed_bytes == 0 {
@@ -301,9 +406,9 @@ impl WriterThread {
                 self.compressor.submit(file.path);
             }
             Err(error) => {
-                // NOTE: this file may end with a partial line and stays `.txt` until
-                // startup repair cuts it, which this module does not implement yet.
-                tracing::error!(file = %file.name, %error, "could not cut failed lines from broken dump file");
+                // The file may end with a partial line; start-up repair cuts it and
+                // compresses the file.
+                tracing::error!(file = %file.name, %error, "could not cut failed lines from broken dump file; it stays until the next start");
             }
         }
     }
@@ -317,9 +422,9 @@ impl WriterThread {
 
         match file.commit(true) {
             Ok(()) => {
-                tracing::info!(file = %file.name, bytes = file.bytes, "dump file closed at shutdown");
+                tracing::info!(file = %file.name, bytes = file.bytes, lines = file.lines, "dump file closed at shutdown");
                 self.current = None;
-                self.status.update(|s| s.current_file = None);
+                self.status.update(clear_current);
             }
             Err(error) => {
                 self.record_error(&error);
@@ -351,6 +456,7 @@ impl WriterThread {
             }
         });
         if all_written {
+            self.failing = false;
             self.error_log.recovered();
         }
 
@@ -365,6 +471,7 @@ impl WriterThread {
     }
 
     fn record_error(&mut self, error: &io::Error) {
+        self.failing = true;
         let file = self.current.as_ref().map(|file| file.name.clone());
         self.status.update(|s| {
             s.healthy = false;
@@ -373,6 +480,14 @@ impl WriterThread {
         });
         self.error_log.log(file.as_deref(), error);
     }
+}
+
+/// Resets the facts of the file being written when it is closed or replaced.
+fn clear_current(status: &mut DumpStatus) {
+    status.current_file = None;
+    status.current_lines = 0;
+    status.current_first_ms = None;
+    status.current_last_ms = None;
 }
 
 /// Copies an error for each request that shares a failed write, because `io::Error` is

@@ -12,12 +12,13 @@ use flate2::read::MultiGzDecoder;
 use super::test_clock::TestClock;
 use super::{compress, DumpConfig, DumpError, DumpWriter, Written};
 
-fn config(dir: &Path, rotate_bytes: u64) -> DumpConfig {
-    DumpConfig {
-        write_enabled: true,
-        dir: dir.to_path_buf(),
-        rotate_bytes,
-    }
+/// Builds the default dump settings with `dir` and `rotate_bytes`.
+pub(super) fn config(dir: &Path, rotate_bytes: u64) -> DumpConfig {
+    let dir = dir.to_str().expect("UTF-8 temp path");
+    let rotate = rotate_bytes.to_string();
+    crate::config::Config::with_overrides(&[("dump.dir", dir), ("dump.rotate.bytes", &rotate)])
+        .expect("valid dump settings")
+        .dump
 }
 
 fn message(id: usize) -> Bytes {
@@ -30,11 +31,12 @@ fn messages(ids: std::ops::Range<usize>) -> Vec<Bytes> {
     ids.map(message).collect()
 }
 
-/// Names of the entries in `own/`, sorted.
+/// Names of the entries in `own/` without the hidden facts files, sorted.
 fn own_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir.join("own"))
         .expect("own/ exists")
         .map(|entry| entry.expect("readable entry").file_name().into_string().expect("UTF-8 name"))
+        .filter(|name| !name.starts_with('.'))
         .collect();
     names.sort();
     names
@@ -253,16 +255,27 @@ async fn disabled_writer_writes_nothing() {
     assert!(matches!(writer.append(messages(10..11)).await, Err(DumpError::Stopped)));
 }
 
+/// Puts a plain file in place of `own/`, which makes opening a dump file fail; returns
+/// the path of `own/`.
+fn break_own_dir(dir: &Path) -> PathBuf {
+    let own = dir.join("own");
+    fs::remove_dir(&own).expect("own/ removed");
+    fs::write(&own, b"not a directory").expect("file in place of own/");
+    own
+}
+
+fn restore_own_dir(own: &Path) {
+    fs::remove_file(own).expect("file removed");
+    fs::create_dir(own).expect("own/ restored");
+}
+
 #[tokio::test]
 async fn write_error_fails_append_then_recovers() {
     let temp = tempfile::tempdir().expect("temp dir");
     let clock = Arc::new(TestClock::at(2024, 5, 1, 12, 0, 0));
     let writer = DumpWriter::open(&config(temp.path(), 1 << 20), clock).expect("writer opens");
 
-    // A plain file in place of `own/` makes opening the dump file fail.
-    let own = temp.path().join("own");
-    fs::remove_dir(&own).expect("own/ removed");
-    fs::write(&own, b"not a directory").expect("file in place of own/");
+    let own = break_own_dir(temp.path());
 
     let failed = writer.append(messages(0..3)).await.expect("queued").wait().await;
     assert!(matches!(failed, Err(DumpError::Io(_))), "append into a broken directory succeeded");
@@ -272,8 +285,7 @@ async fn write_error_fails_append_then_recovers() {
     assert!(status.last_error.is_some());
     assert_eq!(status.lines_written, 0);
 
-    fs::remove_file(&own).expect("file removed");
-    fs::create_dir(&own).expect("own/ restored");
+    restore_own_dir(&own);
     writer.append(messages(3..5)).await.expect("queued").wait().await.expect("written after recovery");
 
     let status = writer.status();
@@ -318,5 +330,93 @@ fn compression_replaces_txt_with_gz() {
     assert!(!txt.exists(), "the .txt stayed after compression");
     assert_eq!(fs::metadata(&gz).expect("gz exists").len(), gz_bytes);
     assert_eq!(read_text(&gz), content);
-    assert_eq!(fs::read_dir(temp.path()).expect("readable").count(), 1);
+    let names: Vec<_> = fs::read_dir(temp.path()).expect("readable").map(|entry| entry.expect("entry").file_name()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(temp.path().join(".messages_20240501_12345678.txt.gz.meta.json").is_file(), "{names:?}");
+}
+
+fn stamped(id: usize) -> Bytes {
+    let stream_id = ((1_714_564_800_000 + id as u64) << 16) + 3;
+    Bytes::from(format!(r#"{{"id_str":"{id}","stream_id":"{stream_id}"}}"#))
+}
+
+#[tokio::test]
+async fn status_reports_current_file_facts() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(TestClock::at(2024, 5, 1, 12, 0, 0));
+    let writer = DumpWriter::open(&config(temp.path(), 1 << 20), clock).expect("writer opens");
+
+    writer.append(vec![stamped(0), stamped(1)]).await.expect("queued").wait().await.expect("written");
+    writer.append(vec![stamped(7)]).await.expect("queued").wait().await.expect("written");
+
+    let status = writer.status();
+    assert_eq!(status.current_lines, 3);
+    assert_eq!(status.current_first_ms, Some(1_714_564_800_000));
+    assert_eq!(status.current_last_ms, Some(1_714_564_800_007));
+    writer.shutdown().await;
+    assert_eq!(writer.status().current_lines, 0);
+}
+
+#[tokio::test]
+async fn rotation_stores_facts_with_checksum() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(TestClock::at(2024, 5, 1, 23, 59, 0));
+    let writer = DumpWriter::open(&config(temp.path(), 1 << 20), Arc::clone(&clock) as _).expect("writer opens");
+
+    writer.append((0..5).map(stamped).collect()).await.expect("queued").wait().await.expect("written");
+    clock.set(Utc.with_ymd_and_hms(2024, 5, 2, 0, 0, 0).single().expect("valid time"));
+    writer.append(vec![stamped(9)]).await.expect("queued").wait().await.expect("written");
+    writer.shutdown().await;
+
+    let gz_name = own_names(temp.path()).into_iter().find(|name| name.ends_with(".gz")).expect("a closed file");
+    let gz = own_path(temp.path(), &gz_name);
+    let raw = fs::read(&gz).expect("gz readable");
+    let facts = super::facts::load(&temp.path().join("own"), &gz_name, raw.len() as u64).expect("facts stored");
+    assert_eq!(facts.lines, 5);
+    assert_eq!(facts.first_ms, Some(1_714_564_800_000));
+    assert_eq!(facts.last_ms, Some(1_714_564_800_004));
+    use sha2::Digest;
+    let expected: String = sha2::Sha256::digest(&raw).iter().map(|byte| format!("{byte:02x}")).collect();
+    assert_eq!(facts.sha256, expected);
+}
+
+#[tokio::test]
+async fn failing_writer_recovers_without_appends() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(TestClock::at(2024, 5, 1, 12, 0, 0));
+    let writer = DumpWriter::open(&config(temp.path(), 1 << 20), clock).expect("writer opens");
+    let own = break_own_dir(temp.path());
+
+    let failed = writer.append(messages(0..1)).await.expect("queued").wait().await;
+    assert!(failed.is_err(), "append into a broken directory succeeded");
+    assert!(!writer.status().healthy);
+
+    restore_own_dir(&own);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !writer.status().healthy {
+        assert!(tokio::time::Instant::now() < deadline, "the writer stayed unhealthy after the disk recovered");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    assert_eq!(fs::read_dir(&own).expect("own/ readable").count(), 0, "the probe left a file behind");
+    writer.shutdown().await;
+}
+
+#[tokio::test]
+async fn rotate_policy_keeps_lines_at_shutdown() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(TestClock::at(2024, 5, 1, 12, 0, 0));
+    let mut settings = config(temp.path(), 1 << 20);
+    settings.fsync = super::FsyncPolicy::Rotate;
+    let writer = DumpWriter::open(&settings, clock).expect("writer opens");
+
+    let mut pending = Vec::new();
+    for start in (0..100).step_by(10) {
+        pending.push(writer.append(messages(start..start + 10)).await.expect("queued"));
+    }
+    writer.shutdown().await;
+    wait_all(pending).await;
+
+    let names = own_names(temp.path());
+    assert_eq!(read_ids(&own_path(temp.path(), &names[0])), (0..100).collect::<Vec<_>>());
 }

@@ -298,7 +298,8 @@ async fn drive(
     }
 }
 
-/// Every line of every dump file under `dir/own`, `.txt` and `.txt.gz` alike.
+/// Every line of every dump file under `dir/own`, `.txt` and `.txt.gz` alike; hidden files
+/// are skipped.
 pub fn read_dump_lines(dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir.join("own"))
@@ -309,7 +310,10 @@ pub fn read_dump_lines(dir: &Path) -> Vec<String> {
     for path in names {
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
         let mut text = String::new();
-        if name.ends_with(".txt.gz") {
+        if name.starts_with('.') {
+            // Hidden files hold facts about the dump files, not messages.
+            continue;
+        } else if name.ends_with(".txt.gz") {
             flate2::read::MultiGzDecoder::new(std::fs::File::open(&path).unwrap())
                 .read_to_string(&mut text)
                 .unwrap();
