@@ -389,7 +389,7 @@ impl Config {
                     "json" => LogFormat::Json,
                     _ => return Err(s.invalid("log.format", "expected text or json")),
                 },
-                level: non_empty(s, "log.level")?,
+                level: log_level(s)?,
             },
             shutdown_grace_secs: s.at_least("shutdown.grace.secs", 1)?,
         };
@@ -402,6 +402,30 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// A count that must lie in `min..=max`.
+fn at_most(s: &Settings, key: &'static str, min: u64, max: u64) -> Result<usize, ConfigError> {
+    let value = s.usize_at_least(key, min)?;
+    if value as u64 > max {
+        return Err(s.invalid(key, format!("must be at most {max}")));
+    }
+    Ok(value)
+}
+
+/// `log.level` is a level or a list of `target=level` directives; a bare word that is no
+/// level would silently filter out every line.
+fn log_level(s: &Settings) -> Result<String, ConfigError> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let value = non_empty(s, "log.level")?;
+    let valid = value.split(',').all(|directive| {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, level)| level);
+        LEVELS.contains(&level.trim().to_ascii_lowercase().as_str())
+    });
+    if !valid {
+        return Err(s.invalid("log.level", "expected trace, debug, info, warn, error or off, or target=level directives"));
+    }
+    Ok(value)
 }
 
 fn non_empty(s: &Settings, key: &'static str) -> Result<String, ConfigError> {
@@ -443,7 +467,8 @@ fn mqtt_config(s: &Settings) -> Result<MqttConfig, ConfigError> {
         embedded,
         port: s.port("mqtt.port")?,
         ws_port: (ws_port != 0).then_some(ws_port),
-        max_connections: s.usize_at_least("mqtt.connections.max", 1)?,
+        // The server's own links to the broker count as connections too.
+        max_connections: s.usize_at_least("mqtt.connections.max", 16)?,
         // rumqttd panics on segments under 1 KiB.
         log_segment_bytes: s.usize_at_least("mqtt.log.segment_bytes", 1024)?,
         log_segments: s.usize_at_least("mqtt.log.segments", 1)?,
@@ -463,6 +488,13 @@ fn stream_config(s: &Settings) -> Result<StreamConfig, ConfigError> {
     if let Err(error) = crate::topic::validate_filter(&ingest_topic, &limits) {
         return Err(s.invalid("stream.ingest.topic", error.to_string()));
     }
+    // Channels under the ingest filter are never published, or they would be ingested again.
+    if crate::topic::matches("all", &ingest_topic) {
+        return Err(s.invalid(
+            "stream.ingest.topic",
+            "must not match the channel 'all'; use a prefix of its own such as ingest/#",
+        ));
+    }
 
     Ok(StreamConfig {
         enabled: s.boolean("stream.enabled")?,
@@ -475,7 +507,7 @@ fn stream_config(s: &Settings) -> Result<StreamConfig, ConfigError> {
         cors_origins: cors_origins(s)?,
         heartbeat_secs: s.at_least("stream.heartbeat.secs", 1)?,
         retry_ms: s.at_least("stream.retry.ms", 0)?,
-        client_queue_events: s.usize_at_least("stream.client.queue_events", 1)?,
+        client_queue_events: at_most(s, "stream.client.queue_events", 1, 1 << 20)?,
         connection_max_filters: s.usize_at_least("stream.connection.max_filters", 1)?,
         filter_max_bytes: s.usize_at_least("stream.filter.max_bytes", 1)?,
         filter_max_levels: s.usize_at_least("stream.filter.max_levels", 1)?,
@@ -639,6 +671,20 @@ mod tests {
             CorsOrigins::List(vec!["https://a.example".into(), "http://b.example".into()])
         );
         assert!(Config::with_overrides(&[("stream.cors.origins", "a.example")]).is_err());
+    }
+
+    #[test]
+    fn ingest_topic_must_not_cover_channels() {
+        for filter in ["#", "+", "all"] {
+            let error = Config::with_overrides(&[("stream.ingest.topic", filter)]).unwrap_err();
+            assert!(error.to_string().contains("stream.ingest.topic"), "{filter}: {error}");
+        }
+    }
+
+    #[test]
+    fn misspelt_log_level_is_rejected() {
+        assert!(Config::with_overrides(&[("log.level", "debg")]).is_err());
+        assert!(Config::with_overrides(&[("log.level", "info,rumqttd=warn")]).is_ok());
     }
 
     #[test]

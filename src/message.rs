@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
+use indexmap::IndexMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -50,7 +51,9 @@ impl Rejection {
 #[derive(Debug)]
 pub struct Message<'a> {
     raw: &'a str,
-    has_stream_id: bool,
+    /// The top-level fields with their values as received, when the message already has a
+    /// `stream_id` (a replayed dump line) that the new id must replace in place.
+    fields_in_order: Option<IndexMap<String, Box<RawValue>>>,
     pub source_type: Option<Cow<'a, str>>,
     pub id_str: Option<Cow<'a, str>>,
     pub text: Option<Cow<'a, str>>,
@@ -185,9 +188,16 @@ impl<'a> Message<'a> {
             }
         }
 
+        // The text search also catches `"stream_id": null`, which `Option` reads as absent.
+        let fields_in_order = if fields.stream_id.is_some() || raw.contains("\"stream_id\"") {
+            Some(serde_json::from_str(raw).map_err(invalid_json)?)
+        } else {
+            None
+        };
+
         Ok(Message {
             raw,
-            has_stream_id: fields.stream_id.is_some(),
+            fields_in_order,
             source_type: string_field(fields.source_type, "source_type", false)?,
             id_str: string_field(fields.id_str, "id_str", true)?,
             text: string_field(fields.text, "text", false)?,
@@ -211,39 +221,57 @@ impl<'a> Message<'a> {
     }
 
     /// The message as one dump line (no trailing newline) carrying `stream_id`.
+    ///
+    /// JSON strings cannot hold raw CR or LF, so raw line breaks are insignificant
+    /// whitespace and become spaces.
     pub fn to_line(&self, stream_id: u64) -> Bytes {
-        if self.has_stream_id {
-            return self.to_line_replacing_stream_id(stream_id);
-        }
-
-        // The object text ends with '}', and JSON strings cannot hold raw CR or LF, so raw
-        // line breaks are insignificant whitespace and may become spaces.
-        let body = self.raw[..self.raw.len() - 1].trim_end();
-        let mut line = String::with_capacity(self.raw.len() + 40);
-        line.push_str(body);
-        if body != "{" {
-            line.push(',');
-        }
-        line.push_str("\"stream_id\":\"");
-        line.push_str(&stream_id.to_string());
-        line.push_str("\"}");
+        let mut line = match &self.fields_in_order {
+            Some(fields) => replace_stream_id(fields, stream_id),
+            None => append_stream_id(self.raw, stream_id),
+        };
         if line.contains(['\r', '\n']) {
             line = line.replace(['\r', '\n'], " ");
         }
         Bytes::from(line)
     }
+}
 
-    /// A message that already has `stream_id` (a replayed dump line) gets the new id in
-    /// place of the old one, keeping the field order.
-    fn to_line_replacing_stream_id(&self, stream_id: u64) -> Bytes {
-        let mut object: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(self.raw) {
-            Ok(object) => object,
-            // The text parsed as an object moments ago, in `parse`.
-            Err(_) => unreachable!("message text was validated as a JSON object"),
-        };
-        object.insert("stream_id".into(), serde_json::Value::String(stream_id.to_string()));
-        Bytes::from(serde_json::Value::Object(object).to_string())
+/// The object text (ending with '}') with `"stream_id":"ID"` added as its last field.
+fn append_stream_id(raw: &str, stream_id: u64) -> String {
+    let body = raw[..raw.len() - 1].trim_end();
+    let mut line = String::with_capacity(raw.len() + 40);
+    line.push_str(body);
+    if body != "{" {
+        line.push(',');
     }
+    line.push_str("\"stream_id\":\"");
+    line.push_str(&stream_id.to_string());
+    line.push_str("\"}");
+    line
+}
+
+/// The object with the new id in place of the old one; every other value is copied as
+/// received, so numbers such as `4.000` or `1e400` keep their exact text.
+fn replace_stream_id(fields: &IndexMap<String, Box<RawValue>>, stream_id: u64) -> String {
+    let mut line = String::from("{");
+    for (index, (key, value)) in fields.iter().enumerate() {
+        if index > 0 {
+            line.push(',');
+        }
+        // Serialising a string cannot fail.
+        line.push_str(&serde_json::to_string(key).unwrap_or_default());
+        line.push(':');
+        if key == "stream_id" {
+            line.push_str(&format!("\"{stream_id}\""));
+        } else {
+            line.push_str(value.get());
+        }
+    }
+    line.push('}');
+    line
+}
+
+impl Message<'_> {
 }
 
 /// A string field; `id_str` also takes a number, which some collectors send.
@@ -395,6 +423,22 @@ mod tests {
     fn existing_stream_id_is_replaced_in_place() {
         let messages = parse_payload(br#"{"a":1,"stream_id":"9","z":2}"#, &LIMITS).unwrap();
         assert_eq!(&messages[0].to_line(10)[..], br#"{"a":1,"stream_id":"10","z":2}"#);
+    }
+
+    #[test]
+    fn replaced_stream_id_keeps_other_values_exactly() {
+        let payload = br#"{"n":4.000,"big":123456789012345678901234567890,"stream_id":"1","x":"\ud800"}"#;
+        let messages = parse_payload(payload, &LIMITS).unwrap();
+        assert_eq!(
+            &messages[0].to_line(2)[..],
+            br#"{"n":4.000,"big":123456789012345678901234567890,"stream_id":"2","x":"\ud800"}"#
+        );
+    }
+
+    #[test]
+    fn null_stream_id_is_replaced_not_repeated() {
+        let messages = parse_payload(br#"{"stream_id":null,"a":1}"#, &LIMITS).unwrap();
+        assert_eq!(&messages[0].to_line(5)[..], br#"{"stream_id":"5","a":1}"#);
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct Publisher {
     broker: Arc<dyn Broker>,
     stats: Arc<Stats>,
     rejection_log: LogLimiter,
+    /// The ingest filter: a channel under it would come back through ingest as a new
+    /// message, again and again, so such channels are never published.
+    excluded: Option<String>,
 }
 
 struct State {
@@ -87,7 +90,14 @@ impl Publisher {
             broker,
             stats,
             rejection_log: LogLimiter::new(Duration::from_secs(1)),
+            excluded: None,
         }
+    }
+
+    /// Never publishes channels that `filter` matches; the server passes its ingest filter.
+    pub fn excluding_channels(mut self, filter: &str) -> Self {
+        self.excluded = Some(filter.to_string());
+        self
     }
 
     /// Publishes every message of `payload`, or rejects the payload whole.
@@ -160,7 +170,12 @@ impl Publisher {
     }
 
     fn prepare<'a>(&self, message: Message<'a>) -> Prepared<'a> {
-        let derived = channels::derive(&message.channel_input(), &self.channel_options);
+        let mut derived = channels::derive(&message.channel_input(), &self.channel_options);
+        if let Some(excluded) = &self.excluded {
+            let before = derived.topics.len();
+            derived.topics.retain(|channel| !crate::topic::matches(channel, excluded));
+            derived.dropped += before - derived.topics.len();
+        }
         if derived.dropped > 0 {
             Stats::add(&self.stats.channels_dropped, derived.dropped as u64);
         }

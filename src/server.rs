@@ -162,7 +162,8 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
     let broker = start_broker(&config).await?;
     let dump = DumpWriter::open(&config.dump, clock)?;
     let stats = Arc::new(Stats::default());
-    let publisher = Arc::new(Publisher::new(
+    let publisher = Arc::new(
+        Publisher::new(
         Limits {
             message_max_bytes: config.stream.message_max_bytes,
             batch_max_bytes: config.stream.batch_max_bytes,
@@ -175,7 +176,9 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         dump.clone(),
         broker.clone(),
         stats.clone(),
-    ));
+    )
+        .excluding_channels(&config.stream.ingest_topic),
+    );
     let shutdown = CancellationToken::new();
 
     let (ingest_session, ingest_deliveries) = broker.open_session("ingest", INGEST_QUEUE).await?;

@@ -67,19 +67,35 @@ async fn stalled_session_reports_what_it_lost() {
     broker.publish(batch(1..PUBLISHED + 1, 100)).await.unwrap();
 
     // A second subscription on a fresh filter acts as a marker: once its message arrives,
-    // the router has served everything published before it to this session.
-    let marker = session.subscribe("marker").await.unwrap();
-    broker
-        .publish(vec![Publication { topic: "marker".into(), payload: Bytes::from_static(b"end") }])
-        .await
-        .unwrap();
+    // the router has served everything published before it to this session. Its SUBACK
+    // comes through the stalled link, so it is made while the loop below reads.
+    let (marker_tx, marker_rx) = tokio::sync::oneshot::channel();
+    let marking = {
+        let session = session.clone();
+        async move {
+            let marker = session.subscribe("marker").await.unwrap();
+            marker_tx.send(marker).unwrap();
+            broker
+                .publish(vec![Publication { topic: "marker".into(), payload: Bytes::from_static(b"end") }])
+                .await
+                .unwrap();
+            broker
+        }
+    };
+    let marking = tokio::spawn(marking);
+    let mut marker_rx = Some(marker_rx);
+    let mut marker = None;
 
     let mut received = 0usize;
     let mut lost = 0u64;
     let mut last: Option<usize> = None;
     loop {
-        match next(&mut deliveries).await.expect("session ended early") {
-            Delivery::Message { subscription, payload, .. } if subscription == marker => {
+        let delivery = next(&mut deliveries).await.expect("session ended early");
+        if marker.is_none() {
+            marker = marker_rx.as_mut().and_then(|rx| rx.try_recv().ok());
+        }
+        match delivery {
+            Delivery::Message { subscription, payload, .. } if Some(subscription) == marker || &payload[..] == b"end" => {
                 assert_eq!(&payload[..], b"end");
                 break;
             }
@@ -93,6 +109,7 @@ async fn stalled_session_reports_what_it_lost() {
         }
     }
 
+    let _broker = marking.await.unwrap();
     assert!(lost > 0, "a stalled session must lose messages with logs this small");
     assert_eq!(received as u64 + lost, PUBLISHED as u64, "every message is either delivered or reported lost");
 }

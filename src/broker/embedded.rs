@@ -104,7 +104,7 @@ impl EmbeddedBroker {
         });
 
         let healthy = Arc::new(AtomicBool::new(true));
-        let (tx, _rx) = open_link(&link_factory, "lokstream-publisher").await?;
+        let (tx, _rx) = open_link(&link_factory, &internal_client_id("publisher")).await?;
         let (publisher, queue) = flume::bounded(PUBLISH_QUEUE_BATCHES);
         spawn_publisher_thread(tx, queue, healthy.clone())?;
 
@@ -144,7 +144,7 @@ impl Broker for EmbeddedBroker {
     ) -> BoxFuture<'_, Result<(Session, mpsc::Receiver<Delivery>), BrokerError>> {
         let name = name.to_string();
         async move {
-            let (tx, rx) = open_link(&self.link_factory, &name).await?;
+            let (tx, rx) = open_link(&self.link_factory, &internal_client_id(&name)).await?;
             let pending: PendingAcks = Arc::default();
             let (commands, command_queue) = flume::unbounded();
             let (deliveries, receiver) = mpsc::channel(queue);
@@ -163,6 +163,12 @@ impl Broker for EmbeddedBroker {
     fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
+}
+
+/// A client id no MQTT client can guess: rumqttd disconnects the older of two connections
+/// with one id, so a known id would let any client cut the server's own links.
+fn internal_client_id(role: &str) -> String {
+    format!("lokstream-{role}-{:016x}", rand::random::<u64>())
 }
 
 fn router_config(config: &Config) -> RouterConfig {
