@@ -56,7 +56,7 @@ impl RejectReason {
     }
 }
 
-/// Why the MQTT front closed a new connection before handing it to the broker.
+/// Reason the MQTT front closed a new connection before handing it to the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectRejectReason {
