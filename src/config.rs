@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::broker::external::BrokerAddress;
+use crate::broker::front::Credentials;
 use crate::dump::{DumpConfig, FsyncPolicy};
 
 /// The file read when `--config` is not given; it is optional.
@@ -27,6 +28,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("mqtt.port", "1883"),
     ("mqtt.ws.port", "9001"),
     ("mqtt.connections.max", "10000"),
+    ("mqtt.connect.timeout_ms", "10000"),
+    ("mqtt.auth.username", ""),
+    ("mqtt.auth.password", ""),
+    ("mqtt.auth.subscribe", "false"),
     ("mqtt.username", ""),
     ("mqtt.password", ""),
     ("mqtt.log.segment_bytes", "8388608"),
@@ -105,6 +110,12 @@ pub struct MqttConfig {
     /// `None` when `mqtt.ws.port` is 0: no WebSocket listener.
     pub ws_port: Option<u16>,
     pub max_connections: usize,
+    /// How long a new connection to the embedded broker may take to send its CONNECT packet.
+    pub connect_timeout_ms: u64,
+    /// The login that lets clients of the embedded broker publish; `None` when anyone may.
+    pub publisher_auth: Option<Credentials>,
+    /// Whether clients without the publisher login are rejected, so subscribing needs it too.
+    pub auth_subscribe: bool,
     /// Size of one in-memory log segment per subscribed filter; with `log_segments` it bounds
     /// how far a slow subscriber may fall behind before it loses messages.
     pub log_segment_bytes: usize,
@@ -469,6 +480,9 @@ fn mqtt_config(s: &Settings) -> Result<MqttConfig, ConfigError> {
         ws_port: (ws_port != 0).then_some(ws_port),
         // The server's own links to the broker count as connections too.
         max_connections: s.usize_at_least("mqtt.connections.max", 16)?,
+        connect_timeout_ms: connect_timeout_ms(s)?,
+        publisher_auth: publisher_auth(s)?,
+        auth_subscribe: auth_subscribe(s)?,
         // rumqttd panics on segments under 1 KiB.
         log_segment_bytes: s.usize_at_least("mqtt.log.segment_bytes", 1024)?,
         log_segments: s.usize_at_least("mqtt.log.segments", 1)?,
@@ -477,6 +491,34 @@ fn mqtt_config(s: &Settings) -> Result<MqttConfig, ConfigError> {
         password: optional("mqtt.password"),
         share_group,
     })
+}
+
+/// rumqttd takes the WebSocket listener's timeout as 16-bit milliseconds.
+fn connect_timeout_ms(s: &Settings) -> Result<u64, ConfigError> {
+    let value = s.at_least("mqtt.connect.timeout_ms", 100)?;
+    if value > u64::from(u16::MAX) {
+        return Err(s.invalid("mqtt.connect.timeout_ms", format!("must be at most {}", u16::MAX)));
+    }
+    Ok(value)
+}
+
+fn publisher_auth(s: &Settings) -> Result<Option<Credentials>, ConfigError> {
+    let username = s.string("mqtt.auth.username");
+    let password = s.string("mqtt.auth.password");
+    match (username.is_empty(), password.is_empty()) {
+        (true, true) => Ok(None),
+        (false, false) => Ok(Some(Credentials { username, password })),
+        (true, false) => Err(s.invalid("mqtt.auth.username", "must be set when mqtt.auth.password is")),
+        (false, true) => Err(s.invalid("mqtt.auth.password", "must be set when mqtt.auth.username is")),
+    }
+}
+
+fn auth_subscribe(s: &Settings) -> Result<bool, ConfigError> {
+    let required = s.boolean("mqtt.auth.subscribe")?;
+    if required && s.string("mqtt.auth.username").is_empty() {
+        return Err(s.invalid("mqtt.auth.subscribe", "needs mqtt.auth.username and mqtt.auth.password"));
+    }
+    Ok(required)
 }
 
 fn stream_config(s: &Settings) -> Result<StreamConfig, ConfigError> {
@@ -654,6 +696,36 @@ mod tests {
         let rendered = settings.render();
         assert!(!rendered.contains("hunter2"), "{rendered}");
         assert!(rendered.contains("mqtt.password=********"), "{rendered}");
+    }
+
+    #[test]
+    fn publisher_auth_needs_both_values() {
+        let config = Config::with_overrides(&[("mqtt.auth.username", "collector"), ("mqtt.auth.password", "s3cret")])
+            .unwrap();
+        let auth = config.mqtt.publisher_auth.expect("auth is on");
+        assert!(auth.matches("collector", "s3cret"));
+        assert!(!config.mqtt.auth_subscribe);
+
+        let error = Config::with_overrides(&[("mqtt.auth.username", "collector")]).unwrap_err();
+        assert!(error.to_string().contains("mqtt.auth.password"), "{error}");
+        let error = Config::with_overrides(&[("mqtt.auth.password", "s3cret")]).unwrap_err();
+        assert!(error.to_string().contains("mqtt.auth.username"), "{error}");
+        let error = Config::with_overrides(&[("mqtt.auth.subscribe", "true")]).unwrap_err();
+        assert!(error.to_string().contains("mqtt.auth.subscribe"), "{error}");
+    }
+
+    #[test]
+    fn publisher_password_is_masked_and_not_in_debug_output() {
+        let mut settings = Settings::default();
+        settings.set("mqtt.auth.username", "collector", "test").unwrap();
+        settings.set("mqtt.auth.password", "hunter2", "test").unwrap();
+        let rendered = settings.render();
+        assert!(rendered.contains("mqtt.auth.password=********"), "{rendered}");
+        assert!(!rendered.contains("hunter2"), "{rendered}");
+
+        let config = Config::from_settings(&settings).unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
     }
 
     #[test]

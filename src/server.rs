@@ -115,9 +115,9 @@ impl RunningServer {
 }
 
 /// The embedded broker, or a client of the external one.
-async fn start_broker(config: &Config) -> Result<Arc<dyn Broker>, ServerError> {
+async fn start_broker(config: &Config, stats: &Arc<Stats>) -> Result<Arc<dyn Broker>, ServerError> {
     if config.mqtt.embedded {
-        return Ok(Arc::new(EmbeddedBroker::start(config).await?));
+        return Ok(Arc::new(EmbeddedBroker::start_with_stats(config, stats.clone()).await?));
     }
     let settings = ExternalSettings {
         address: config.mqtt.external_address.clone(),
@@ -159,9 +159,9 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         .map_err(|source| ServerError::BindHttp { address: requested, source })?;
     let http_address = http_listener.local_addr()?;
 
-    let broker = start_broker(&config).await?;
-    let dump = DumpWriter::open(&config.dump, clock)?;
     let stats = Arc::new(Stats::default());
+    let broker = start_broker(&config, &stats).await?;
+    let dump = DumpWriter::open(&config.dump, clock)?;
     let publisher = Arc::new(
         Publisher::new(
         Limits {

@@ -59,6 +59,65 @@ impl RejectReason {
     }
 }
 
+/// Reason the MQTT front closed a new connection before handing it to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectRejectReason {
+    /// No complete CONNECT packet within `mqtt.connect.timeout_ms`.
+    Timeout,
+    /// The client closed the connection before its CONNECT packet was complete.
+    ClosedEarly,
+    /// The first packet is not a valid CONNECT packet.
+    Malformed,
+    TooLarge,
+    /// A protocol level other than 4 (MQTT 3.1.1) or 5 (MQTT 5), such as MQTT 3.1.
+    UnsupportedProtocol,
+    /// A login that is not the configured publisher login.
+    BadCredentials,
+    /// No login while `mqtt.auth.subscribe` requires one.
+    NotAuthorized,
+    /// A will message from a client without the publisher login; the broker would publish it.
+    WillNotAuthorized,
+    /// More open connections than `mqtt.connections.max`.
+    ConnectionLimit,
+    /// The internal broker listener could not be reached.
+    BrokerUnavailable,
+}
+
+impl ConnectRejectReason {
+    pub const ALL: [ConnectRejectReason; 10] = [
+        ConnectRejectReason::Timeout,
+        ConnectRejectReason::ClosedEarly,
+        ConnectRejectReason::Malformed,
+        ConnectRejectReason::TooLarge,
+        ConnectRejectReason::UnsupportedProtocol,
+        ConnectRejectReason::BadCredentials,
+        ConnectRejectReason::NotAuthorized,
+        ConnectRejectReason::WillNotAuthorized,
+        ConnectRejectReason::ConnectionLimit,
+        ConnectRejectReason::BrokerUnavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectRejectReason::Timeout => "timeout",
+            ConnectRejectReason::ClosedEarly => "closed_early",
+            ConnectRejectReason::Malformed => "malformed",
+            ConnectRejectReason::TooLarge => "too_large",
+            ConnectRejectReason::UnsupportedProtocol => "unsupported_protocol",
+            ConnectRejectReason::BadCredentials => "bad_credentials",
+            ConnectRejectReason::NotAuthorized => "not_authorized",
+            ConnectRejectReason::WillNotAuthorized => "will_not_authorized",
+            ConnectRejectReason::ConnectionLimit => "connection_limit",
+            ConnectRejectReason::BrokerUnavailable => "broker_unavailable",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Stats {
     pub messages_accepted: AtomicU64,
@@ -73,6 +132,12 @@ pub struct Stats {
     pub sse_slow_disconnects: AtomicU64,
     /// Gauge: ingest payloads received and not yet taken by the publisher.
     pub ingest_queue: AtomicU64,
+    /// Connections the MQTT front handed to the broker, by protocol version.
+    pub mqtt_connections_v311: AtomicU64,
+    pub mqtt_connections_v5: AtomicU64,
+    mqtt_connects_rejected: [AtomicU64; ConnectRejectReason::ALL.len()],
+    /// Clients without the publisher login disconnected for sending a PUBLISH.
+    pub mqtt_unauthorized_publishes: AtomicU64,
 }
 
 impl Stats {
@@ -82,6 +147,14 @@ impl Stats {
 
     pub fn rejected(&self, reason: RejectReason) -> u64 {
         self.rejected[reason.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn reject_connect(&self, reason: ConnectRejectReason) {
+        self.mqtt_connects_rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connects_rejected(&self, reason: ConnectRejectReason) -> u64 {
+        self.mqtt_connects_rejected[reason.index()].load(Ordering::Relaxed)
     }
 
     pub fn add(counter: &AtomicU64, n: u64) {
@@ -157,5 +230,16 @@ mod tests {
         stats.reject(RejectReason::InvalidJson);
         assert_eq!(stats.rejected(RejectReason::InvalidJson), 2);
         assert_eq!(stats.rejected(RejectReason::NotObject), 0);
+    }
+
+    #[test]
+    fn connect_reject_reasons_are_listed_in_index_order() {
+        for (index, reason) in ConnectRejectReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), index, "{}", reason.as_str());
+        }
+        let stats = Stats::default();
+        stats.reject_connect(ConnectRejectReason::Timeout);
+        assert_eq!(stats.connects_rejected(ConnectRejectReason::Timeout), 1);
+        assert_eq!(stats.connects_rejected(ConnectRejectReason::BrokerUnavailable), 0);
     }
 }

@@ -1,33 +1,40 @@
 //! The embedded broker: rumqttd's router, its MQTT and WebSocket servers, and local links.
 //!
 //! rumqttd's `Broker::start` only logs a listener that fails to bind, so the router and the
-//! servers are started here, and a bind failure stops start-up. Local links are in-process
+//! servers are started here, and a bind failure stops start-up. Clients on `mqtt.port` reach
+//! rumqttd's MQTT 3.1.1 and MQTT 5 listeners on loopback through the front (`front`), and
+//! those listeners accept only the front's own login. Local links are in-process
 //! connections to the router; their blocking sends run on threads of their own so that a
 //! busy router never stalls the async runtime.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{
-    Filter, Packet, Publish, QoS, RetainForwardRule, Subscribe, SubscribeProperties,
+    Filter, Packet, Protocol, Publish, QoS, RetainForwardRule, Subscribe, SubscribeProperties,
     SubscribeReasonCode, Unsubscribe,
 };
 use rumqttd::{ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::front::{self, AuthPolicy, Credentials, FrontSettings};
 use super::{Broker, BrokerError, Delivery, Listener, Publication, Session, SessionCommand, SubscriptionId};
 use crate::config::Config;
+use crate::stats::Stats;
 
 /// How many times a listener asked to bind port 0 retries when the port it picked was taken
 /// by another process before rumqttd bound it.
@@ -35,9 +42,6 @@ const EPHEMERAL_BIND_ATTEMPTS: usize = 16;
 
 /// Publications queued for the router before `publish` waits, counted in batches.
 const PUBLISH_QUEUE_BATCHES: usize = 256;
-
-/// Seconds a new MQTT connection has to send CONNECT before it is dropped.
-const CONNECT_TIMEOUT_MS: u16 = 10_000;
 
 /// Unacknowledged QoS 1 publishes per MQTT connection.
 const MAX_INFLIGHT: usize = 100;
@@ -57,44 +61,80 @@ pub struct EmbeddedBroker {
 }
 
 impl EmbeddedBroker {
-    /// Starts the router, binds the MQTT listener (and the WebSocket one unless turned off),
-    /// and opens the publisher's link.
+    /// Starts the broker with counters of its own; the server passes its shared counters to
+    /// [`EmbeddedBroker::start_with_stats`] instead.
     pub async fn start(config: &Config) -> Result<Self, BrokerError> {
+        Self::start_with_stats(config, Arc::new(Stats::default())).await
+    }
+
+    /// Starts the router, binds the MQTT front and the internal listeners behind it (and the
+    /// WebSocket listener unless turned off), and opens the publisher's link. The front
+    /// counts its connections in `stats`.
+    pub async fn start_with_stats(config: &Config, stats: Arc<Stats>) -> Result<Self, BrokerError> {
         let router = Router::new(0, router_config(config));
         let router_tx = router.spawn();
 
-        let connections = ConnectionSettings {
-            connection_timeout_ms: CONNECT_TIMEOUT_MS,
-            max_payload_size: config.stream.batch_max_bytes,
-            max_inflight_count: MAX_INFLIGHT,
-            auth: None,
-            external_auth: None,
-            // A publish to a topic no one subscribed to must not create a log for that topic,
-            // or memory would grow with every distinct hashtag.
-            dynamic_filters: false,
+        // The public port is bound first, so that a port in use stops start-up before any
+        // internal listener exists.
+        let requested = SocketAddr::new(config.bind_address, config.mqtt.port);
+        let bind_error = |source| BrokerError::Bind {
+            name: "mqtt",
+            address: requested,
+            source,
+        };
+        let front_listener = TcpListener::bind(requested).await.map_err(bind_error)?;
+        let front_address = front_listener.local_addr().map_err(bind_error)?;
+
+        let mut started = Started {
+            listeners: vec![Listener {
+                name: "mqtt",
+                address: front_address,
+            }],
+            servers: Vec::new(),
         };
 
-        let mut listeners = Vec::new();
-        let mut servers = Vec::new();
-        let server_tx = router_tx.clone();
-        let make_server = move |settings| Server::new(settings, server_tx.clone(), V4);
+        let internal_login = Credentials::random();
+        let internal = connection_settings(config, Some(&internal_login));
+        let loopback = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0);
+        let v4_tx = router_tx.clone();
+        let make_v4 = move |settings| Server::new(settings, v4_tx.clone(), V4);
+        let upstream_v311 = started
+            .bind("mqtt_v311_internal", loopback, LinkType::Remote, &make_v4, &internal)
+            .await?;
+        let v5_tx = router_tx.clone();
+        let make_v5 = move |settings| Server::new(settings, v5_tx.clone(), V5);
+        let upstream_v5 = started
+            .bind("mqtt_v5_internal", loopback, LinkType::Remote, &make_v5, &internal)
+            .await?;
 
-        let mqtt = SocketAddr::new(config.bind_address, config.mqtt.port);
-        let (address, task) =
-            bind_server("mqtt", mqtt, LinkType::Remote, &make_server, &connections).await?;
-        listeners.push(Listener { name: "mqtt", address });
-        servers.push(task);
+        started.servers.push(front::spawn(
+            front_listener,
+            FrontSettings {
+                upstream_v311,
+                upstream_v5,
+                internal_login,
+                policy: AuthPolicy {
+                    publisher: config.mqtt.publisher_auth.clone(),
+                    subscribe_requires_login: config.mqtt.auth_subscribe,
+                },
+                connect_timeout: Duration::from_millis(config.mqtt.connect_timeout_ms),
+                max_connections: config.mqtt.max_connections,
+                stats,
+            },
+        ));
 
         if let Some(port) = config.mqtt.ws_port {
+            // rumqttd serves WebSocket itself, without the front, so with a publisher login
+            // set it admits only clients that present that login, subscribers included.
+            let websocket = connection_settings(config, config.mqtt.publisher_auth.as_ref());
+            let ws_tx = router_tx.clone();
+            let make_ws = move |settings| Server::new(settings, ws_tx.clone(), V4);
             let ws = SocketAddr::new(config.bind_address, port);
-            let (address, task) =
-                bind_server("mqtt_ws", ws, LinkType::Websocket, &make_server, &connections).await?;
-            listeners.push(Listener {
-                name: "mqtt_ws",
-                address,
-            });
-            servers.push(task);
+            started
+                .bind("mqtt_ws", ws, LinkType::Websocket, &make_ws, &websocket)
+                .await?;
         }
+        let Started { listeners, servers } = started;
 
         let link_factory: LinkFactory = Arc::new(move |client_id| {
             LinkBuilder::new(client_id, router_tx.clone())
@@ -171,6 +211,49 @@ fn internal_client_id(role: &str) -> String {
     format!("lokstream-{role}-{:016x}", rand::random::<u64>())
 }
 
+/// Listeners and their server tasks, collected while the broker starts.
+struct Started {
+    listeners: Vec<Listener>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl Started {
+    /// Starts one rumqttd server with [`bind_server`], keeps its task, and returns its address.
+    async fn bind<P>(
+        &mut self,
+        name: &'static str,
+        requested: SocketAddr,
+        link_type: LinkType,
+        make_server: &impl Fn(ServerSettings) -> Server<P>,
+        connections: &ConnectionSettings,
+    ) -> Result<SocketAddr, BrokerError>
+    where
+        P: Protocol + Clone + Send + Sync + 'static,
+    {
+        let (address, task) = bind_server(name, requested, link_type, make_server, connections).await?;
+        self.listeners.push(Listener { name, address });
+        self.servers.push(task);
+        Ok(address)
+    }
+}
+
+/// Settings of a rumqttd listener that accepts only `login`, or any client when `None`.
+fn connection_settings(config: &Config, login: Option<&Credentials>) -> ConnectionSettings {
+    // The configured value is checked to fit when the configuration is read.
+    let connection_timeout_ms = u16::try_from(config.mqtt.connect_timeout_ms).unwrap_or(u16::MAX);
+    let auth = login.map(|login| HashMap::from([(login.username.clone(), login.password.clone())]));
+    ConnectionSettings {
+        connection_timeout_ms,
+        max_payload_size: config.stream.batch_max_bytes,
+        max_inflight_count: MAX_INFLIGHT,
+        auth,
+        external_auth: None,
+        // A publish to a topic no one subscribed to must not create a log for that topic,
+        // or memory would grow with every distinct hashtag.
+        dynamic_filters: false,
+    }
+}
+
 fn router_config(config: &Config) -> RouterConfig {
     RouterConfig {
         max_connections: config.mqtt.max_connections,
@@ -197,13 +280,16 @@ async fn open_link(factory: &LinkFactory, client_id: &str) -> Result<(LinkTx, Li
 /// server cannot report the port it bound; a port taken in between is retried.
 ///
 /// `make_server` captures the router's sender, whose item type rumqttd keeps private.
-async fn bind_server(
+async fn bind_server<P>(
     name: &'static str,
     requested: SocketAddr,
     link_type: LinkType,
-    make_server: &impl Fn(ServerSettings) -> Server<V4>,
+    make_server: &impl Fn(ServerSettings) -> Server<P>,
     connections: &ConnectionSettings,
-) -> Result<(SocketAddr, JoinHandle<()>), BrokerError> {
+) -> Result<(SocketAddr, JoinHandle<()>), BrokerError>
+where
+    P: Protocol + Clone + Send + Sync + 'static,
+{
     let attempts = if requested.port() == 0 { EPHEMERAL_BIND_ATTEMPTS } else { 1 };
     let mut last_error = None;
 

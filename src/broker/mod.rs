@@ -7,6 +7,7 @@
 
 pub mod embedded;
 pub mod external;
+pub mod front;
 mod session;
 
 use std::net::SocketAddr;
