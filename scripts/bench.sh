@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 SMOKE=0
 OUT=""
-COMMAND="scripts/bench.sh $*"
+COMMAND="scripts/bench.sh${*:+ $*}"
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) SMOKE=1 ;;
@@ -295,7 +295,10 @@ last arrival.
   QoS 1. On lokstream one SSE client on `all` and one MQTT subscriber on `all` are
   connected and `received` counts the SSE client; dump lines come from
   `/api/status.json`. On Mosquitto (`max_queued_messages` and `max_inflight_messages`
-  raised so that it drops nothing) one subscriber receives the publish topic.
+  raised so that it drops nothing) one subscriber receives the publish topic. Where
+  `received` is below `sent`, the server dropped messages and the rate counts only those
+  that arrived; `lost in broker` is lokstream's `broker.messages_lost`, messages its
+  embedded broker dropped because a subscriber fell behind its in-memory log.
 - **Fan-out**: SSE clients on one channel, one publisher at fixed rates and at full speed,
   fresh clients per rate. lokstream's publisher sends QoS 1 over MQTT to the ingest topic
   (dumps on); nchan's POSTs to an `nchan_publisher` location over 4 keep-alive connections,

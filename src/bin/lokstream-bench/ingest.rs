@@ -119,6 +119,10 @@ pub async fn run(args: &IngestArgs, corpus: Arc<Corpus>) -> Result<IngestRecord,
         None => (None, None),
     };
     subscriber.abort();
+    let broker_lost = match args.http {
+        Some(address) => Some(status_number(address, &["broker", "messages_lost"]).await?),
+        None => None,
+    };
 
     Ok(IngestRecord {
         server: args.server.clone(),
@@ -132,6 +136,7 @@ pub async fn run(args: &IngestArgs, corpus: Arc<Corpus>) -> Result<IngestRecord,
         mqtt_per_sec,
         dump_lines: dump.map(|(lines, _)| lines),
         dump_lines_per_sec: dump.map(|(lines, last_us)| per_sec(lines, last_us.saturating_sub(started_us))),
+        broker_lost,
     })
 }
 
@@ -204,12 +209,16 @@ async fn wait_for_receivers(
 
 /// `dump.writer.lines_written` from lokstream's `/api/status.json`.
 async fn dump_lines(address: SocketAddr) -> Result<u64, BenchError> {
+    status_number(address, &["dump", "writer", "lines_written"]).await
+}
+
+/// The number at `path` in lokstream's `/api/status.json`.
+async fn status_number(address: SocketAddr, path: &[&str]) -> Result<u64, BenchError> {
     let status = http::get_json(address, "/api/status.json").await?;
-    status["dump"]["writer"]["lines_written"]
-        .as_u64()
-        .ok_or_else(|| BenchError::Http {
-            address,
-            request: "GET /api/status.json".into(),
-            reason: "no dump.writer.lines_written number in the body".into(),
-        })
+    let value = path.iter().fold(&status, |value, key| &value[*key]);
+    value.as_u64().ok_or_else(|| BenchError::Http {
+        address,
+        request: "GET /api/status.json".into(),
+        reason: format!("no number at {} in the body", path.join(".")),
+    })
 }

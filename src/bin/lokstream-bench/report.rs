@@ -54,8 +54,8 @@ pub fn render(records: &[Record]) -> String {
 
 fn render_ingest(out: &mut String, records: &[&IngestRecord]) {
     out.push_str("## Ingest\n\n");
-    out.push_str("| server | QoS | dumps | publishers | sent | received | received msg/s | MQTT subscriber msg/s | dump lines/s |\n");
-    out.push_str("| --- | --: | --- | --: | --: | --: | --: | --: | --: |\n");
+    out.push_str("| server | QoS | dumps | publishers | sent | received | received msg/s | MQTT subscriber msg/s | dump lines/s | lost in broker |\n");
+    out.push_str("| --- | --: | --- | --: | --: | --: | --: | --: | --: | --: |\n");
     for r in records {
         let dumps = match r.dumps {
             Some(true) => "on",
@@ -64,7 +64,7 @@ fn render_ingest(out: &mut String, records: &[&IngestRecord]) {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.server,
             r.qos,
             dumps,
@@ -78,6 +78,7 @@ fn render_ingest(out: &mut String, records: &[&IngestRecord]) {
                 Some(true) => r.dump_lines_per_sec.map_or("-".into(), rate),
                 _ => "-".into(),
             },
+            r.broker_lost.map_or("-".into(), count),
         );
     }
 

@@ -35,6 +35,10 @@ pub struct IngestRecord {
     /// Lines the dump writer wrote during the run, from `/api/status.json`.
     pub dump_lines: Option<u64>,
     pub dump_lines_per_sec: Option<f64>,
+    /// Messages lokstream's broker dropped because a subscriber fell behind its log
+    /// (`broker.messages_lost` in `/api/status.json`).
+    #[serde(default)]
+    pub broker_lost: Option<u64>,
 }
 
 /// One publisher, many SSE clients on one channel, at one offered rate.
