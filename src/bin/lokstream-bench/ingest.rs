@@ -212,7 +212,7 @@ async fn dump_lines(address: SocketAddr) -> Result<u64, BenchError> {
     status_number(address, &["dump", "writer", "lines_written"]).await
 }
 
-/// The number at `path` in lokstream's `/api/status.json`.
+/// Reads the number at `path` in lokstream's `/api/status.json`.
 async fn status_number(address: SocketAddr, path: &[&str]) -> Result<u64, BenchError> {
     let status = http::get_json(address, "/api/status.json").await?;
     let value = path.iter().fold(&status, |value, key| &value[*key]);
