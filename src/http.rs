@@ -183,6 +183,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(json!({ "ready": ready, "checks": checks }))).into_response()
 }
 
+/// Connections through the MQTT front and what it turned away.
+fn mqtt_status(stats: &Stats) -> serde_json::Value {
+    let rejected: serde_json::Map<String, serde_json::Value> = crate::stats::ConnectRejectReason::ALL
+        .iter()
+        .map(|reason| (reason.as_str().to_string(), stats.connects_rejected(*reason).into()))
+        .collect();
+    json!({
+        "connections_v311": Stats::get(&stats.mqtt_connections_v311),
+        "connections_v5": Stats::get(&stats.mqtt_connections_v5),
+        "connects_rejected": rejected,
+        "unauthorized_publishes": Stats::get(&stats.mqtt_unauthorized_publishes),
+    })
+}
+
 async fn status(State(state): State<AppState>) -> Response {
     let stats = &state.stats;
     let rejected: serde_json::Map<String, serde_json::Value> = RejectReason::ALL
@@ -198,7 +212,9 @@ async fn status(State(state): State<AppState>) -> Response {
     };
     let mut addresses = json!({ "http": state.http_address });
     for Listener { name, address } in state.broker.listeners() {
-        addresses[name] = json!(address);
+        if !name.ends_with("_internal") {
+            addresses[name] = json!(address);
+        }
     }
 
     Json(json!({
@@ -219,6 +235,7 @@ async fn status(State(state): State<AppState>) -> Response {
             "messages_lost": Stats::get(&stats.broker_messages_lost),
             "publishes_dropped": state.broker.publishes_dropped(),
         },
+        "mqtt": mqtt_status(stats),
         "hub": state.hub.status(),
         "sse": {
             "connections_open": Stats::get(&stats.sse_connections_open),

@@ -87,6 +87,21 @@ impl Collector for ServerCollector {
             ConstCounter::new(stats.rejected(reason)).encode(family.encode_family(&labels)?)?;
         }
 
+        counter(&mut encoder, "mqtt_connections_v311", "MQTT 3.1.1 connections the front handed to the broker.", Stats::get(&stats.mqtt_connections_v311))?;
+        counter(&mut encoder, "mqtt_connections_v5", "MQTT 5 connections the front handed to the broker.", Stats::get(&stats.mqtt_connections_v5))?;
+        counter(&mut encoder, "mqtt_unauthorized_publishes", "Clients without the publisher login disconnected for publishing.", Stats::get(&stats.mqtt_unauthorized_publishes))?;
+        let refused = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "mqtt_connects_rejected",
+            "MQTT CONNECTs the front rejected, by reason.",
+            None,
+            refused.metric_type(),
+        )?;
+        for reason in crate::stats::ConnectRejectReason::ALL {
+            let labels = [("reason", reason.as_str())];
+            ConstCounter::new(stats.connects_rejected(reason)).encode(family.encode_family(&labels)?)?;
+        }
+
         let hub = self.hub.status();
         let dump = self.dump.status();
         let gauges: [(&str, &str, i64); 6] = [

@@ -227,7 +227,8 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
             .await
     });
 
-    for listener in &listeners {
+    // The broker's loopback listeners behind the MQTT front are no address for clients.
+    for listener in listeners.iter().filter(|listener| !listener.name.ends_with("_internal")) {
         tracing::info!(listener = listener.name, address = %listener.address, "listening");
     }
     tracing::info!(http = %http_address, ingest = config.stream.ingest_topic, dump_dir = %config.dump.dir.display(), "lokstream started");
