@@ -186,6 +186,7 @@ async fn status(State(state): State<AppState>) -> Response {
             "connections_total": Stats::get(&stats.sse_connections_total),
             "events_sent": Stats::get(&stats.sse_events_sent),
             "slow_disconnects": Stats::get(&stats.sse_slow_disconnects),
+            "connections_rejected": Stats::get(&stats.sse_connections_rejected),
         },
         "dump": { "files": files, "writer": state.dump.status() },
     }))

@@ -17,7 +17,7 @@ use crate::channels::ChannelOptions;
 use crate::config::Config;
 use crate::dump::{Clock, DumpError, DumpWriter, SystemClock};
 use crate::http::{self, AppState};
-use crate::hub::Hub;
+use crate::hub::{Hub, HubOptions};
 use crate::ingest;
 use crate::message::Limits;
 use crate::publisher::Publisher;
@@ -142,16 +142,16 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
     let ingest = tokio::spawn(ingest::run(ingest_deliveries, publisher.clone(), stats.clone(), shutdown.clone()));
 
     let (hub_session, hub_deliveries) = broker.open_session("lokstream-hub", HUB_QUEUE).await?;
-    let hub = Hub::start(hub_session, hub_deliveries, config.stream.client_queue_events, stats.clone());
+    let hub_options = HubOptions {
+        queue_events: config.stream.client_queue_events,
+        history_bytes: config.stream.history_bytes,
+        linger: Duration::from_secs(config.stream.history_linger_secs),
+    };
+    let hub = Hub::start(hub_session, hub_deliveries, hub_options, stats.clone());
 
     let listeners = broker.listeners();
     let state = AppState {
-        stream: StreamState {
-            hub: hub.clone(),
-            config: Arc::new(config.stream.clone()),
-            stats: stats.clone(),
-            shutdown: shutdown.clone(),
-        },
+        stream: StreamState::new(hub.clone(), Arc::new(config.stream.clone()), stats.clone(), shutdown.clone()),
         config: config.clone(),
         publisher,
         broker,

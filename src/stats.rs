@@ -68,6 +68,8 @@ pub struct Stats {
     pub sse_connections_total: AtomicU64,
     pub sse_events_sent: AtomicU64,
     pub sse_slow_disconnects: AtomicU64,
+    /// Stream requests answered 503 because `stream.connections.max` streams were open.
+    pub sse_connections_rejected: AtomicU64,
 }
 
 impl Stats {

@@ -368,7 +368,8 @@ async fn overlapping_filters_deliver_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_shares_and_drops_subscriptions() {
-    let server = TestServer::start().await;
+    // Without linger time, a filter is dropped as soon as its last client leaves.
+    let server = TestServer::start_with(&[("stream.history.linger_secs", "0")]).await;
     let url = server.stream_url(&["shared/topic"]);
     let mut first = SseClient::connect(&url).await;
     let mut second = SseClient::connect(&url).await;

@@ -132,11 +132,24 @@ pub struct SseClient {
 impl SseClient {
     /// Connects; the server answers only once its subscriptions are live.
     pub async fn connect(url: &str) -> SseClient {
-        let response = reqwest::get(url).await.unwrap();
-        assert_eq!(response.status(), 200, "stream request failed: {url}");
+        SseClient::send(reqwest::Client::new().get(url)).await
+    }
+
+    /// Sends a prepared stream request, for example one with a `Last-Event-ID` header.
+    pub async fn send(request: reqwest::RequestBuilder) -> SseClient {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "stream request failed: {}", response.url());
         let headers = response.headers().clone();
+        SseClient::from_body(response.bytes_stream().boxed(), headers)
+    }
+
+    /// Parses SSE from any byte stream, such as bytes read from a raw socket.
+    pub fn from_body(
+        body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+        headers: reqwest::header::HeaderMap,
+    ) -> SseClient {
         SseClient {
-            body: response.bytes_stream().boxed(),
+            body,
             buffer: Vec::new(),
             comments: 0,
             retry: None,
