@@ -20,4 +20,5 @@ pub mod publisher;
 pub mod server;
 pub mod sse;
 pub mod stats;
+pub mod tls;
 pub mod topic;

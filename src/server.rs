@@ -23,6 +23,7 @@ use crate::message::Limits;
 use crate::publisher::Publisher;
 use crate::sse::StreamState;
 use crate::stats::Stats;
+use crate::tls;
 
 /// Ingest deliveries queued ahead of the publisher; beyond that the broker buffers them.
 const INGEST_QUEUE: usize = 1024;
@@ -41,6 +42,8 @@ pub enum ServerError {
     Broker(#[from] BrokerError),
     #[error("cannot open the dump directory: {0}")]
     Dump(#[from] DumpError),
+    #[error("cannot set up HTTPS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -163,11 +166,14 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
     };
     let app = http::router(state);
     let stop = shutdown.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(http_listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    });
+    let http = match &config.http_tls {
+        Some(tls_config) => tokio::spawn(tls::serve(http_listener, tls::acceptor(tls_config)?, app, stop)),
+        None => tokio::spawn(async move {
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }),
+    };
 
     for listener in &listeners {
         tracing::info!(listener = listener.name, address = %listener.address, "listening");

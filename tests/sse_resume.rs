@@ -339,6 +339,7 @@ async fn evicted_slow_client_resumes_from_history() {
     let mut written = Vec::new();
     tokio::time::timeout(PATIENCE, stalled.read_to_end(&mut written)).await.expect("the server never closed the stalled stream").unwrap();
     let body = futures_util::stream::iter([Ok(Bytes::from(written))]);
+
     let mut drained = SseClient::from_body(Box::pin(body), reqwest::header::HeaderMap::new());
     let mut events = Vec::new();
     while let Some(event) = drained.next_event().await {

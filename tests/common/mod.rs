@@ -121,8 +121,11 @@ pub struct SseEvent {
 }
 
 /// An SSE client over a real socket, parsing the stream as a browser would.
+/// A response body as a stream of chunks, with errors as text whatever the HTTP client.
+pub type BodyStream = futures_util::stream::BoxStream<'static, Result<bytes::Bytes, String>>;
+
 pub struct SseClient {
-    body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    body: BodyStream,
     buffer: Vec<u8>,
     pub comments: usize,
     pub retry: Option<u64>,
@@ -140,14 +143,12 @@ impl SseClient {
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 200, "stream request failed: {}", response.url());
         let headers = response.headers().clone();
-        SseClient::from_body(response.bytes_stream().boxed(), headers)
+        let body = response.bytes_stream().map(|chunk| chunk.map_err(|error| error.to_string()));
+        SseClient::from_body(body.boxed(), headers)
     }
 
     /// Parses SSE from any byte stream, such as bytes read from a raw socket.
-    pub fn from_body(
-        body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-        headers: reqwest::header::HeaderMap,
-    ) -> SseClient {
+    pub fn from_body(body: BodyStream, headers: reqwest::header::HeaderMap) -> SseClient {
         SseClient {
             body,
             buffer: Vec::new(),
