@@ -196,6 +196,9 @@ async fn payload_line_breaks_become_data_lines() {
     assert_ne!(event.id.as_deref(), Some("999"), "the payload must not set the event id");
 
     assert_eq!(raw.next_line().await.as_deref(), Some(&b"retry: 3000"[..]), "first raw line");
+    let position = raw.next_line().await.expect("the join position");
+    assert!(position.starts_with(b"id: "), "second raw line: {:?}", String::from_utf8_lossy(&position));
+    assert_eq!(raw.next_line().await.as_deref(), Some(&b""[..]), "the blank line after the first block");
     let lines = raw.next_event_lines().await;
     for line in &lines {
         assert!(!line.contains(&b'\r'), "raw line holds a CR: {:?}", String::from_utf8_lossy(line));
@@ -522,6 +525,8 @@ async fn shutdown_ends_open_streams() {
     let mut server = TestServer::start().await;
     let mut raw = RawLines::connect(&server.stream_url(&["all"])).await;
     assert_eq!(raw.next_line().await.as_deref(), Some(&b"retry: 3000"[..]), "first line");
+    let position = raw.next_line().await.expect("the join position");
+    assert!(position.starts_with(b"id: "), "second line: {:?}", String::from_utf8_lossy(&position));
 
     // The grace period is 10 s by default, so a stream left open would hold shutdown that long.
     let stopped = tokio::time::timeout(Duration::from_secs(5), server.stop()).await;

@@ -130,6 +130,9 @@ pub struct Membership {
     pub replay: Vec<Arc<Event>>,
     /// The history cannot prove that `replay` holds everything the connection missed.
     pub gap: bool,
+    /// The greatest id issued when the connection joined: every later event of its filters
+    /// reaches `events`, so a reconnect may resume from here even before any event came.
+    pub position: u64,
     pub events: mpsc::Receiver<Arc<Event>>,
     pub evicted: CancellationToken,
     hub: Arc<Hub>,
@@ -186,16 +189,17 @@ impl Hub {
         let evicted = CancellationToken::new();
         let _control = self.control.lock().await;
 
-        let (client, new_filters, replay, gap) = {
+        let (client, new_filters, replay, gap, position) = {
             let mut registry = self.lock();
             let (subscribed, new_filters) = registry.add_filters(&filters, &self.session);
             let client = registry.add_client(subscribed, queue, evicted.clone());
             let (replay, gap) = registry.replay(&client, resume);
-            (client, new_filters, replay, gap)
+            (client, new_filters, replay, gap, registry.latest_id)
         };
         let membership = Membership {
             replay,
             gap,
+            position,
             events,
             evicted,
             hub: self.clone(),

@@ -1,5 +1,6 @@
 //! The body of one SSE response: `retry:`, a `gap` notice when a resume is incomplete,
-//! the replayed history, then live events with heartbeat comments in silence.
+//! the replayed history, an `id:` block with the join position, then live events with
+//! heartbeat comments in silence.
 //!
 //! The body ends on shutdown, on eviction, or when the hub stops, so no stream holds up a
 //! graceful shutdown.
@@ -25,6 +26,8 @@ struct Connection {
     state: StreamState,
     /// Replayed history not yet written, in reverse order so that `pop` takes the oldest.
     replay: Vec<Arc<Event>>,
+    /// The join position, written once the replay is out.
+    position: Option<u64>,
     batch: Vec<Arc<Event>>,
     _open: OpenConnection,
 }
@@ -35,19 +38,28 @@ pub(super) fn event_stream(
     state: StreamState,
     permit: OwnedSemaphorePermit,
 ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> {
+    // With nothing to replay, the join position rides in the `retry:` block.
+    let mut replay = std::mem::take(&mut membership.replay);
+    replay.reverse();
+    let mut position = Some(membership.position);
     let mut first = BytesMut::new();
-    first.put_slice(format!("retry: {}\n\n", state.config.retry_ms).as_bytes());
+    first.put_slice(format!("retry: {}\n", state.config.retry_ms).as_bytes());
+    if replay.is_empty() {
+        first.put_slice(&frame::position_frame(membership.position));
+        position = None;
+    } else {
+        first.put_u8(b'\n');
+    }
     if membership.gap {
         first.put_slice(&frame::resume_gap_frame());
     }
-    let mut replay = std::mem::take(&mut membership.replay);
-    replay.reverse();
     Stats::add(&state.stats.sse_connections_total, 1);
     let connection = Connection {
         _open: OpenConnection::new(state.stats.clone(), permit),
         membership,
         state,
         replay,
+        position,
         batch: Vec::new(),
     };
 
@@ -71,6 +83,9 @@ impl Connection {
             let start = self.replay.len() - count;
             let events: Vec<Arc<Event>> = self.replay.drain(start..).rev().collect();
             return Some(self.write(&events));
+        }
+        if let Some(position) = self.position.take() {
+            return Some(frame::position_frame(position));
         }
 
         let heartbeat = Duration::from_secs(self.state.config.heartbeat_secs);

@@ -32,6 +32,16 @@ pub fn resume_gap_frame() -> Bytes {
     Bytes::from_static(b"event: gap\ndata: {\"reason\":\"history_incomplete\",\"lost\":null}\n\n")
 }
 
+/// Formats a block with only an `id:` field. A browser sets its last event id from it
+/// without firing an event, so a stream dropped before its first event still resumes
+/// from where it started.
+pub fn position_frame(id: u64) -> Bytes {
+    let mut frame = BytesMut::with_capacity(32);
+    put_id(&mut frame, id);
+    frame.put_u8(b'\n');
+    frame.freeze()
+}
+
 fn put_id(frame: &mut BytesMut, id: u64) {
     frame.put_slice(b"id: ");
     frame.put_slice(id.to_string().as_bytes());

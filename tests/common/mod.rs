@@ -370,6 +370,8 @@ impl SseClient {
                         self.comments += 1;
                     } else if let Some(value) = line.strip_prefix("retry:") {
                         self.retry = value.trim_start().parse().ok();
+                    } else if line.starts_with("id:") {
+                        // An id with no data moves the last event id and fires no event.
                     } else {
                         assert!(line.is_empty(), "expected a comment, got the event line {line:?}");
                     }
