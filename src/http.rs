@@ -59,7 +59,8 @@ pub fn router(state: AppState) -> Router {
         app = app.merge(stream);
     }
 
-    app.merge(crate::dump::router(&state.config.dump))
+    app.merge(crate::viewer::router(state.stats.clone()))
+        .merge(crate::dump::router(&state.config.dump))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not found") })
 }
 

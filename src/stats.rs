@@ -70,6 +70,7 @@ pub struct Stats {
     pub sse_slow_disconnects: AtomicU64,
     /// Stream requests answered 503 because `stream.connections.max` streams were open.
     pub sse_connections_rejected: AtomicU64,
+    pub channel_activity: crate::activity::ChannelActivity,
 }
 
 impl Stats {
