@@ -53,7 +53,7 @@ impl ChannelActivity {
         }
     }
 
-    /// The `limit` busiest channels, busiest first; ties in name order.
+    /// Returns the `limit` busiest channels, busiest first, ties in name order.
     pub fn top(&self, limit: usize) -> Vec<ChannelCount> {
         self.top_at(Instant::now(), limit)
     }

@@ -1,7 +1,7 @@
 //! HTTPS on the HTTP port: rustls, with ALPN offering HTTP/2 and HTTP/1.1, in front of the
 //! same router as plain HTTP.
 //!
-//! Browsers open at most six HTTP/1.1 connections to a host, and each SSE stream holds one;
+//! Browsers open at most six HTTP/1.1 connections to a host, and each SSE stream occupies one;
 //! over HTTP/2 every stream of a page shares one connection. Browsers speak HTTP/2 only
 //! over TLS, which is why this listener exists.
 
@@ -58,7 +58,7 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
         .ok_or_else(|| empty("http.tls.key", &config.key, "private key"))?;
 
     // NOTE: rustls 0.23.48 deprecates the ring provider because it has no post-quantum key
-    // exchange; the aws-lc-rs provider has one but needs a CMake build of its C library.
+    // exchange. The aws-lc-rs provider has one, but it needs a CMake build of a C library.
     #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut server = rustls::ServerConfig::builder_with_provider(provider)

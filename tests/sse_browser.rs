@@ -53,7 +53,8 @@ impl Script {
         Script { child, steps }
     }
 
-    /// The next step the script reports; a failure report fails the test with its error.
+    /// Returns the next step the script reports. A failure report fails the test with its
+    /// error.
     async fn next_step(&mut self) -> Value {
         let line = tokio::time::timeout(PATIENCE, self.steps.next_line())
             .await

@@ -20,11 +20,14 @@ fn user_channel(user: usize) -> String {
     format!("h2/user/u{user}")
 }
 
-/// Pushes one message per user channel and checks that each stream gets its own.
-async fn push_and_check(server: &TestServer, streams: Vec<SseClient>) {
+/// One message per user channel, as a push body.
+fn user_messages() -> String {
     let messages: Vec<String> = (0..STREAMS).map(user_message).collect();
-    let response = server.push(format!("[{}]", messages.join(","))).await;
-    assert_eq!(response.status(), 200, "push");
+    format!("[{}]", messages.join(","))
+}
+
+/// Checks that each stream gets the message of its own user channel.
+async fn assert_each_gets_its_message(streams: Vec<SseClient>) {
     for (user, mut stream) in streams.into_iter().enumerate() {
         let event = stream.next_event().await.unwrap_or_else(|| panic!("stream {user} ended"));
         assert!(event.data.contains(&format!("\"h2-{user}\"")), "stream {user} got {event:?}");
@@ -54,10 +57,12 @@ async fn h2c_carries_many_streams_on_one_connection() {
     let status = server.status().await;
     assert_eq!(status["sse"]["connections_open"], STREAMS, "streams open over one connection: {status}");
 
-    push_and_check(&server, streams).await;
+    let response = server.push(user_messages()).await;
+    assert_eq!(response.status(), 200, "push");
+    assert_each_gets_its_message(streams).await;
 }
 
-/// A self-signed certificate for `localhost`, written as PEM files into `dir`.
+/// Writes a self-signed certificate for `localhost` as PEM files into `dir`.
 fn write_certificate(dir: &std::path::Path) -> (String, String, reqwest::Certificate) {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let cert_pem = certified.cert.pem();
@@ -103,19 +108,15 @@ async fn tls_negotiates_h2_and_keeps_http1() {
     let response = http1.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_11, "a client without h2 gets HTTP/1.1");
 
-    let messages: Vec<String> = (0..STREAMS).map(user_message).collect();
     let response = http1
         .post(format!("{base}/api/push.json"))
         .header("content-type", "application/json")
-        .body(format!("[{}]", messages.join(",")))
+        .body(user_messages())
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200, "push over HTTPS");
-    for (user, mut stream) in streams.into_iter().enumerate() {
-        let event = stream.next_event().await.unwrap_or_else(|| panic!("stream {user} ended"));
-        assert!(event.data.contains(&format!("\"h2-{user}\"")), "stream {user} got {event:?}");
-    }
+    assert_each_gets_its_message(streams).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,5 +138,6 @@ async fn missing_certificate_stops_startup() {
         panic!("the server started without its certificate");
     };
     let message = error.to_string();
-    assert!(message.contains("http.tls.cert") && message.contains("missing.pem"), "error: {message}");
+    assert!(message.contains("http.tls.cert"), "the error names no key: {message}");
+    assert!(message.contains("missing.pem"), "the error names no file: {message}");
 }

@@ -14,9 +14,9 @@ use tokio::net::TcpStream;
 /// A rejection must not wait on the broker or anything else slow.
 const FAST: Duration = Duration::from_secs(2);
 
-/// Raises this process's soft limit of open files to at least `wanted`, within the hard
+/// Raises this process's soft limit of open files to at least `required`, within the hard
 /// limit; returns the limit in force.
-fn raise_open_files(wanted: u64) -> u64 {
+fn raise_open_files(required: u64) -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -24,8 +24,8 @@ fn raise_open_files(wanted: u64) -> u64 {
     // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
     unsafe {
         assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0, "getrlimit failed");
-        if limit.rlim_cur < wanted {
-            limit.rlim_cur = wanted.min(limit.rlim_max);
+        if limit.rlim_cur < required {
+            limit.rlim_cur = required.min(limit.rlim_max);
             assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0, "setrlimit failed");
         }
     }

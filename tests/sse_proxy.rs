@@ -122,7 +122,7 @@ async fn nginx_passes_events_at_once() {
         .expect("the stream ended");
     assert!(event.data.contains("proxied-1"), "event through nginx: {event:?}");
 
-    // The control: with the header ignored, nginx holds even the response head in its
+    // The control: with the header ignored, nginx keeps even the response head in its
     // buffer, so neither the head nor the event arrives.
     let buffered_url = format!("http://{}/ignoring-accel{path}", nginx.address);
     let mut buffered = tokio::spawn(async move { SseClient::connect(&buffered_url).await.next_event().await });

@@ -20,7 +20,7 @@ fn id_of(event: &SseEvent) -> u64 {
     id.parse().unwrap_or_else(|_| panic!("event id {id:?} is not a number"))
 }
 
-/// The `id_str` of the message an event carries.
+/// Returns the `id_str` of the message an event carries.
 fn id_str_of(event: &SseEvent) -> String {
     let message: Value = serde_json::from_str(&event.data).unwrap_or_else(|_| panic!("event data is not JSON: {event:?}"));
     message["id_str"].as_str().unwrap_or("").to_string()
@@ -114,7 +114,7 @@ async fn first_connect_resumes_from_query() {
 }
 
 /// A publisher pushes the real corpus without pause while a client disconnects and
-/// resumes over and over; the client must see every message once, in publish order.
+/// resumes over and over. The client must see every message once, in publish order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_resumes_lose_and_repeat_nothing() {
     let server = TestServer::start().await;
@@ -264,7 +264,8 @@ async fn overflowed_history_gets_gap_then_its_tail() {
 
     assert!(is_gap(&events[0]), "first event after an overflowed history: {:?}", events[0]);
     let tail = &events[1..];
-    assert!(tail.len() > 1 && tail.len() < 59, "the history should hold part of the 59 missed messages, held {}", tail.len());
+    assert!(tail.len() > 1, "the history kept only {} of the 59 missed messages", tail.len());
+    assert!(tail.len() < 59, "the 16 KiB history kept all 59 missed messages, so nothing was evicted");
     assert_ids_increase(tail, "history tail");
     let expected: Vec<String> = lines[60 - tail.len()..]
         .iter()
@@ -274,7 +275,7 @@ async fn overflowed_history_gets_gap_then_its_tail() {
     assert_eq!(received, expected, "the held events are the newest ones, in order");
 }
 
-/// How many events a stream of `#` gets for each corpus line: one per channel.
+/// Counts the events a stream of `#` gets for each corpus line: one per channel.
 fn channel_counts(lines: &[String]) -> HashMap<String, usize> {
     let limits = Limits {
         message_max_bytes: 65536,
@@ -350,7 +351,7 @@ async fn evicted_slow_client_resumes_from_history() {
 
     // The end message goes to two channels, 'all' and 'test', so '#' gets it twice. The
     // hub may still be dispatching the backlog while the replay is read, which can evict
-    // the resumed stream too; then it resumes again, as a browser would.
+    // the resumed stream too. Then it resumes again, as a browser would.
     let mut ends = 0;
     let mut resumes = 0;
     while ends < 2 {

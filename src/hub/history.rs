@@ -28,9 +28,9 @@ impl History {
         }
     }
 
-    /// Appends `event`, whose id must exceed every id already held, and passes each event
-    /// that no longer fits to `evicted`, oldest first; with no room at all that is `event`
-    /// itself.
+    /// Appends `event`, whose id must exceed every id already stored. Each event that no
+    /// longer fits goes to `evicted`, oldest first, and that is `event` itself when it
+    /// alone exceeds the bound.
     pub(super) fn push(&mut self, event: Arc<Event>, mut evicted: impl FnMut(&Event)) {
         let cost = cost_of(&event);
         if cost > self.max_bytes {

@@ -36,7 +36,7 @@ pub struct Event {
     pub frame: Bytes,
 }
 
-/// Where a connection starts, from the `Last-Event-ID` it sent.
+/// The starting point of a connection, from the `Last-Event-ID` it sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resume {
     /// No `Last-Event-ID`: live events only.
@@ -112,7 +112,7 @@ impl Client {
             .any(|(filter, other)| *other < subscription && topic::matches(topic, filter))
     }
 
-    /// Whether a live connection of this client would have received `event`.
+    /// Checks whether a live connection of this client would have received `event`.
     fn receives(&self, event: &Event) -> bool {
         let subscribed = self.filters.iter().any(|(_, id)| *id == event.subscription);
         subscribed
@@ -128,7 +128,7 @@ pub struct Membership {
     /// Events from the history that the connection missed, oldest first; send them
     /// before anything from `events`.
     pub replay: Vec<Arc<Event>>,
-    /// The history cannot prove that `replay` holds everything the connection missed.
+    /// The history cannot prove that `replay` contains everything the connection missed.
     pub gap: bool,
     /// The greatest id issued when the connection joined: every later event of its filters
     /// reaches `events`, so a reconnect may resume from here even before any event came.
@@ -300,7 +300,7 @@ impl Hub {
         self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues one delivery to every client of its filter and keeps it in the history; a
+    /// Queues one delivery to every client of its filter and keeps it in the history. A
     /// `topic` of `None` (a loss report) goes to all of them. Returns how many clients
     /// were evicted.
     fn deliver(&self, subscription: SubscriptionId, topic: Option<Box<str>>, frame: impl FnOnce(u64) -> Bytes) -> usize {
@@ -400,8 +400,8 @@ impl Registry {
         client
     }
 
-    /// The events `client` missed since `resume`, and whether some may be missing from
-    /// them because the history does not reach back that far for one of its filters.
+    /// Collects the events `client` missed since `resume`. The flag is set when some may
+    /// be missing, because the history does not reach back that far for one of its filters.
     fn replay(&self, client: &Client, resume: Resume) -> (Vec<Arc<Event>>, bool) {
         let after = match resume {
             Resume::Live => return (Vec::new(), false),

@@ -19,7 +19,7 @@ use crate::stats::Stats;
 /// Events concatenated into one write when a client has several queued.
 const MAX_EVENTS_PER_WRITE: usize = 64;
 
-/// Everything a stream holds between writes; dropping it leaves the hub and frees the
+/// The state of a stream between writes. Dropping it leaves the hub and frees the
 /// connection slot.
 struct Connection {
     membership: Membership,
@@ -73,7 +73,7 @@ pub(super) fn event_stream(
 }
 
 impl Connection {
-    /// The next bytes to write, or `None` when the stream ends.
+    /// Produces the next bytes to write, or `None` when the stream ends.
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if self.state.shutdown.is_cancelled() || self.membership.evicted.is_cancelled() {
             return None;
@@ -122,7 +122,7 @@ impl Connection {
     }
 }
 
-/// Keeps the open-connections gauge right and holds the connection's slot, however the
+/// Keeps the open-connections gauge right and owns the connection's slot, however the
 /// stream ends.
 struct OpenConnection {
     stats: Arc<Stats>,

@@ -26,7 +26,7 @@ pub fn gap_frame(id: u64, lost: u64) -> Bytes {
 }
 
 /// Formats the `gap` event that opens a resumed stream whose missed events the history
-/// no longer holds in full. It has no `id:` field: an id would tell the browser that it
+/// no longer contains in full. It has no `id:` field: an id would tell the browser that it
 /// has everything up to that point, and it has not.
 pub fn resume_gap_frame() -> Bytes {
     Bytes::from_static(b"event: gap\ndata: {\"reason\":\"history_incomplete\",\"lost\":null}\n\n")

@@ -149,7 +149,7 @@
     try {
       detail = JSON.parse(event.data);
     } catch (error) {
-      // The notice below still says that messages may be missing.
+      // The notice below still warns that messages may be missing.
     }
     const text = detail.reason === 'broker_dropped'
       ? `Gap: the server dropped ${Number(detail.lost) || 'some'} messages of these channels.`
@@ -244,7 +244,7 @@
       }
       $('no-suggestions').hidden = body.channels.length > 0;
     } catch (error) {
-      // The server is unreachable; the connection state already says so.
+      // The server is unreachable, which the connection state already shows.
     }
   }
 

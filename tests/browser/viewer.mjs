@@ -84,12 +84,12 @@ async function main() {
   check(await page.evaluate(() => window.injected === undefined), 'markup in a message ran as HTML');
   const xssText = await page.$eval('#messages li[data-id-str="xss-1"] .text', (node) => node.textContent);
   check(xssText.includes('<img src=x'), `markup was not shown as text: ${xssText}`);
-  // The page asks for busy channels every few seconds; wait for them to show.
+  // The page requests busy channels every few seconds; wait for them to show.
   await page.waitForFunction(() => document.querySelectorAll('#suggestions li').length > 0, null, { timeout: TIMEOUT_MS });
   await page.screenshot({ path: `${screenshotDir}/viewer-resumed.png` });
   report('resumed', { shown: shown.length, opens: state.opens });
 
-  // A restarted server has no history for the page's last id, so the page must say so.
+  // A restarted server has no history for the page's last id, so the page must show a gap.
   report('restart');
   const { value } = await stdin.next();
   check(value === 'restarted', `expected "restarted" on stdin, got ${value}`);
