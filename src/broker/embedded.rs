@@ -1,4 +1,5 @@
-//! The embedded broker: rumqttd's router, its MQTT and WebSocket servers, and local links.
+//! The embedded broker: rumqttd's router and MQTT server, the WebSocket bridge in front of
+//! it, and local links.
 //!
 //! rumqttd's `Broker::start` only logs a listener that fails to bind, so the router and the
 //! servers are started here, and a bind failure stops start-up. Local links are in-process
@@ -7,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener as StdTcpListener};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,7 @@ use rumqttd::{ConnectionSettings, LinkType, Notification, Router, RouterConfig, 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::websocket;
 use super::{Broker, BrokerError, Delivery, Listener, Publication, Session, SessionCommand, SubscriptionId};
 use crate::config::Config;
 
@@ -86,9 +88,13 @@ impl EmbeddedBroker {
         servers.push(task);
 
         if let Some(port) = config.mqtt.ws_port {
+            // The bridge reaches the MQTT listener over loopback when it binds every address.
+            let mut broker = address;
+            if broker.ip().is_unspecified() {
+                broker.set_ip(if broker.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() });
+            }
             let ws = SocketAddr::new(config.bind_address, port);
-            let (address, task) =
-                bind_server("mqtt_ws", ws, LinkType::Websocket, &make_server, &connections).await?;
+            let (address, task) = websocket::start(ws, broker).await?;
             listeners.push(Listener {
                 name: "mqtt_ws",
                 address,

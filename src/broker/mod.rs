@@ -7,6 +7,7 @@
 
 pub mod embedded;
 mod session;
+mod websocket;
 
 use std::net::SocketAddr;
 
