@@ -152,6 +152,7 @@ async fn preflight_allows_last_event_id() {
         .map(|name| name.trim().to_ascii_lowercase())
         .collect();
     assert!(allowed.iter().any(|name| name == "last-event-id"), "allow-headers {allowed:?} lacks Last-Event-ID");
+    assert!(allowed.iter().any(|name| name == "cache-control"), "allow-headers {allowed:?} lacks Cache-Control");
     assert!(header(headers, "access-control-allow-origin").is_some(), "preflight without allow-origin");
     let methods = header(headers, "access-control-allow-methods").unwrap_or("");
     assert!(methods.contains("GET"), "allow-methods {methods:?} lacks GET");
