@@ -284,7 +284,8 @@ so absolute numbers drift between runs: read the ratios in the check tables, whi
 two servers measured minutes apart under the same load. The script starts every server on
 127.0.0.1, drives it with `lokstream-bench` (`src/bin/lokstream-bench/`), and stops it.
 The dump writer's own benchmark, `cargo bench --bench dump`, is recorded in
-`docs/benchmarks/dump-writer.md`.
+`docs/benchmarks/dump-writer.md`, and the SSE benchmark, `cargo bench --bench sse`, in
+`docs/benchmarks/sse.md`.
 
 Payloads are the lines of the real message corpus (`../shared/data/messages-real.jsonl`),
 each published with a fresh `id_str` because lokstream drops a repeated

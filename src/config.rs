@@ -24,6 +24,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("bind.address", "0.0.0.0"),
     ("port.http", "9000"),
     ("http.push.token", ""),
+    ("http.tls.cert", ""),
+    ("http.tls.key", ""),
     ("mqtt.embedded", "true"),
     ("mqtt.port", "1883"),
     ("mqtt.ws.port", "9001"),
@@ -49,6 +51,9 @@ pub const KEYS: &[(&str, &str)] = &[
     ("stream.heartbeat.secs", "15"),
     ("stream.retry.ms", "3000"),
     ("stream.client.queue_events", "1024"),
+    ("stream.connections.max", "10000"),
+    ("stream.history.bytes", "67108864"),
+    ("stream.history.linger_secs", "60"),
     ("stream.connection.max_filters", "32"),
     ("stream.filter.max_bytes", "256"),
     ("stream.filter.max_levels", "16"),
@@ -142,6 +147,13 @@ pub struct StreamConfig {
     pub heartbeat_secs: u64,
     pub retry_ms: u64,
     pub client_queue_events: usize,
+    /// Open SSE connections beyond which a stream request gets 503.
+    pub connections_max: usize,
+    /// Bytes of recent events kept for streams that resume with `Last-Event-ID`.
+    pub history_bytes: usize,
+    /// Seconds a filter stays subscribed after its last stream left, so that a stream that
+    /// reconnects within that time finds what it missed in the history.
+    pub history_linger_secs: u64,
     pub connection_max_filters: usize,
     pub filter_max_bytes: usize,
     pub filter_max_levels: usize,
@@ -153,6 +165,13 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// PEM files of the HTTP listener's certificate chain and private key.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// The typed configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -160,6 +179,8 @@ pub struct Config {
     pub port_http: u16,
     /// Bearer token `/api/push.json` requires; `None` leaves push open.
     pub push_token: Option<String>,
+    /// `None` when `http.tls.cert` and `http.tls.key` are empty: plain HTTP.
+    pub http_tls: Option<TlsConfig>,
     pub mqtt: MqttConfig,
     pub stream: StreamConfig,
     pub dump: DumpConfig,
@@ -391,6 +412,7 @@ impl Config {
             bind_address: s.parse("bind.address", "an IPv4 or IPv6 address")?,
             port_http: s.port("port.http")?,
             push_token: Some(s.string("http.push.token")).filter(|token| !token.is_empty()),
+            http_tls: tls_config(s)?,
             mqtt: mqtt_config(s)?,
             stream: stream_config(s)?,
             dump: dump_config(s)?,
@@ -550,10 +572,27 @@ fn stream_config(s: &Settings) -> Result<StreamConfig, ConfigError> {
         heartbeat_secs: s.at_least("stream.heartbeat.secs", 1)?,
         retry_ms: s.at_least("stream.retry.ms", 0)?,
         client_queue_events: at_most(s, "stream.client.queue_events", 1, 1 << 20)?,
+        connections_max: s.usize_at_least("stream.connections.max", 1)?,
+        history_bytes: s.usize_at_least("stream.history.bytes", 0)?,
+        history_linger_secs: s.at_least("stream.history.linger_secs", 0)?,
         connection_max_filters: s.usize_at_least("stream.connection.max_filters", 1)?,
         filter_max_bytes: s.usize_at_least("stream.filter.max_bytes", 1)?,
         filter_max_levels: s.usize_at_least("stream.filter.max_levels", 1)?,
     })
+}
+
+fn tls_config(s: &Settings) -> Result<Option<TlsConfig>, ConfigError> {
+    let cert = s.string("http.tls.cert");
+    let key = s.string("http.tls.key");
+    match (cert.is_empty(), key.is_empty()) {
+        (true, true) => Ok(None),
+        (false, false) => Ok(Some(TlsConfig {
+            cert: PathBuf::from(cert),
+            key: PathBuf::from(key),
+        })),
+        (true, false) => Err(s.invalid("http.tls.cert", "must be set when http.tls.key is set")),
+        (false, true) => Err(s.invalid("http.tls.key", "must be set when http.tls.cert is set")),
+    }
 }
 
 fn cors_origins(s: &Settings) -> Result<CorsOrigins, ConfigError> {
@@ -757,6 +796,15 @@ mod tests {
     fn misspelt_log_level_is_rejected() {
         assert!(Config::with_overrides(&[("log.level", "debg")]).is_err());
         assert!(Config::with_overrides(&[("log.level", "info,rumqttd=warn")]).is_ok());
+    }
+
+    #[test]
+    fn tls_needs_both_cert_and_key() {
+        assert!(Config::with_overrides(&[]).unwrap().http_tls.is_none());
+        let error = Config::with_overrides(&[("http.tls.cert", "cert.pem")]).unwrap_err();
+        assert!(error.to_string().contains("http.tls.key"), "{error}");
+        let config = Config::with_overrides(&[("http.tls.cert", "cert.pem"), ("http.tls.key", "key.pem")]).unwrap();
+        assert!(config.http_tls.is_some());
     }
 
     #[test]

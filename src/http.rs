@@ -61,7 +61,8 @@ pub fn router(state: AppState) -> Router {
         app = app.merge(stream);
     }
 
-    app.merge(state.dump.router())
+    app.merge(crate::viewer::router(state.stats.clone()))
+        .merge(state.dump.router())
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not found") })
 }
 
@@ -242,6 +243,7 @@ async fn status(State(state): State<AppState>) -> Response {
             "connections_total": Stats::get(&stats.sse_connections_total),
             "events_sent": Stats::get(&stats.sse_events_sent),
             "slow_disconnects": Stats::get(&stats.sse_slow_disconnects),
+            "connections_rejected": Stats::get(&stats.sse_connections_rejected),
         },
         "dump": { "files": files, "writer": state.dump.status(), "import": state.dump.import_status() },
     }))

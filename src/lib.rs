@@ -4,6 +4,7 @@
 //! deduplicates and stamps them, appends them to the dump and publishes one copy per
 //! channel to the broker; the hub relays channels to SSE clients over one broker session.
 
+pub mod activity;
 pub mod broker;
 pub mod channels;
 pub mod collector;
@@ -21,4 +22,6 @@ pub mod publisher;
 pub mod server;
 pub mod sse;
 pub mod stats;
+pub mod tls;
 pub mod topic;
+pub mod viewer;

@@ -137,6 +137,7 @@ impl Publisher {
 
         let accepted = lines.len();
         let channel_publishes = publications.len() as u64;
+        self.stats.channel_activity.record(publications.iter().map(|publication| publication.topic.as_str()));
         let written = self.dump.append(lines).await?;
         if !publications.is_empty() {
             self.broker.publish(publications).await?;

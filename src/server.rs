@@ -18,12 +18,13 @@ use crate::channels::ChannelOptions;
 use crate::config::Config;
 use crate::dump::{Clock, DumpError, DumpWriter, SystemClock};
 use crate::http::{self, AppState};
-use crate::hub::Hub;
+use crate::hub::{Hub, HubOptions};
 use crate::ingest;
 use crate::message::Limits;
 use crate::publisher::Publisher;
 use crate::sse::StreamState;
 use crate::stats::Stats;
+use crate::tls;
 
 /// How long start-up waits for the ingest subscription before going on without it; only an
 /// external broker that is down takes that long.
@@ -46,6 +47,8 @@ pub enum ServerError {
     Broker(#[from] BrokerError),
     #[error("cannot open the dump directory: {0}")]
     Dump(#[from] DumpError),
+    #[error("cannot set up HTTPS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -192,7 +195,12 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
     let import = dump.start_import(publisher.clone(), shutdown.clone());
 
     let (hub_session, hub_deliveries) = broker.open_session("hub", HUB_QUEUE).await?;
-    let hub = Hub::start(hub_session, hub_deliveries, config.stream.client_queue_events, stats.clone());
+    let hub_options = HubOptions {
+        queue_events: config.stream.client_queue_events,
+        history_bytes: config.stream.history_bytes,
+        linger: Duration::from_secs(config.stream.history_linger_secs),
+    };
+    let hub = Hub::start(hub_session, hub_deliveries, hub_options, stats.clone());
 
     let listeners = broker.listeners();
     let metrics = crate::metrics::registry(
@@ -204,12 +212,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
     );
     let state = AppState {
         metrics: Arc::new(metrics),
-        stream: StreamState {
-            hub: hub.clone(),
-            config: Arc::new(config.stream.clone()),
-            stats: stats.clone(),
-            shutdown: shutdown.clone(),
-        },
+        stream: StreamState::new(hub.clone(), Arc::new(config.stream.clone()), stats.clone(), shutdown.clone()),
         config: config.clone(),
         publisher,
         broker,
@@ -221,11 +224,16 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
     };
     let app = http::router(state);
     let stop = shutdown.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(http_listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    });
+    let http = match &config.http_tls {
+        Some(tls_config) => tokio::spawn(tls::serve(http_listener, tls::acceptor(tls_config)?, app, stop)),
+        // `into_make_service` clones the router per connection; serving the router itself
+        // rebuilds its route table for each connection, about 6 KB per open stream.
+        None => tokio::spawn(async move {
+            axum::serve(http_listener, app.into_make_service())
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }),
+    };
 
     // The broker's loopback listeners behind the MQTT front are no address for clients.
     for listener in listeners.iter().filter(|listener| !listener.name.ends_with("_internal")) {

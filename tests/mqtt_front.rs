@@ -524,30 +524,33 @@ fn free_port() -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_needs_the_publisher_login_when_set() {
+async fn websocket_clients_follow_the_publisher_login() {
     let port = free_port().to_string();
     let mut settings = LOGIN.to_vec();
     settings.push(("mqtt.ws.port", &port));
     let mut server = TestServer::start_with(&settings).await;
     let ws = listener(&server, "mqtt_ws");
 
-    let anonymous = Options {
+    let websocket = || Options {
         websocket: true,
         ..PLAIN
     };
-    let mut anonymous = Client::start(Version::V311, ws, "ws-anon", anonymous);
+    let mut watcher = Client::connect(Version::V311, ws, "ws-watcher", websocket()).await;
+    watcher.subscribe("twitter/hashtag/wsgate").await;
+
+    let mut anonymous = Client::connect(Version::V311, ws, "ws-anon", websocket()).await;
+    anonymous.publish("ingest/messages", &message("ws-anon", "#wsgate")).await;
     let end = anonymous.next().await;
-    assert!(matches!(end, Seen::Ended(_)), "anonymous WebSocket client is closed: {end:?}");
+    assert!(matches!(end, Seen::Ended(_)), "anonymous WebSocket publisher is closed: {end:?}");
 
     let signed = Options {
         login: Some(("collector", "s3cret")),
         will: false,
         websocket: true,
     };
-    let mut signed = Client::connect(Version::V311, ws, "ws-signed", signed).await;
-    signed.subscribe("twitter/hashtag/wsgate").await;
+    let signed = Client::connect(Version::V311, ws, "ws-signed", signed).await;
     signed.publish("ingest/messages", &message("ws-signed", "#wsgate")).await;
-    let (_, received) = signed.next_message().await;
-    assert_eq!(received["id_str"], "ws-signed");
+    let (_, received) = watcher.next_message().await;
+    assert_eq!(received["id_str"], "ws-signed", "the anonymous subscriber gets the signed message, and the anonymous one never arrives");
     server.stop().await;
 }

@@ -152,6 +152,7 @@ async fn preflight_allows_last_event_id() {
         .map(|name| name.trim().to_ascii_lowercase())
         .collect();
     assert!(allowed.iter().any(|name| name == "last-event-id"), "allow-headers {allowed:?} lacks Last-Event-ID");
+    assert!(allowed.iter().any(|name| name == "cache-control"), "allow-headers {allowed:?} lacks Cache-Control");
     assert!(header(headers, "access-control-allow-origin").is_some(), "preflight without allow-origin");
     let methods = header(headers, "access-control-allow-methods").unwrap_or("");
     assert!(methods.contains("GET"), "allow-methods {methods:?} lacks GET");
@@ -196,6 +197,9 @@ async fn payload_line_breaks_become_data_lines() {
     assert_ne!(event.id.as_deref(), Some("999"), "the payload must not set the event id");
 
     assert_eq!(raw.next_line().await.as_deref(), Some(&b"retry: 3000"[..]), "first raw line");
+    let position = raw.next_line().await.expect("the join position");
+    assert!(position.starts_with(b"id: "), "second raw line: {:?}", String::from_utf8_lossy(&position));
+    assert_eq!(raw.next_line().await.as_deref(), Some(&b""[..]), "the blank line after the first block");
     let lines = raw.next_event_lines().await;
     for line in &lines {
         assert!(!line.contains(&b'\r'), "raw line holds a CR: {:?}", String::from_utf8_lossy(line));
@@ -368,7 +372,8 @@ async fn overlapping_filters_deliver_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_shares_and_drops_subscriptions() {
-    let server = TestServer::start().await;
+    // Without linger time, a filter is dropped as soon as its last client leaves.
+    let server = TestServer::start_with(&[("stream.history.linger_secs", "0")]).await;
     let url = server.stream_url(&["shared/topic"]);
     let mut first = SseClient::connect(&url).await;
     let mut second = SseClient::connect(&url).await;
@@ -521,6 +526,8 @@ async fn shutdown_ends_open_streams() {
     let mut server = TestServer::start().await;
     let mut raw = RawLines::connect(&server.stream_url(&["all"])).await;
     assert_eq!(raw.next_line().await.as_deref(), Some(&b"retry: 3000"[..]), "first line");
+    let position = raw.next_line().await.expect("the join position");
+    assert!(position.starts_with(b"id: "), "second line: {:?}", String::from_utf8_lossy(&position));
 
     // The grace period is 10 s by default, so a stream left open would hold shutdown that long.
     let stopped = tokio::time::timeout(Duration::from_secs(5), server.stop()).await;

@@ -1,4 +1,5 @@
-//! The embedded broker: rumqttd's router, its MQTT and WebSocket servers, and local links.
+//! The embedded broker: rumqttd's router and MQTT server, the WebSocket bridge in front of
+//! it, and local links.
 //!
 //! rumqttd's `Broker::start` only logs a listener that fails to bind, so the router and the
 //! servers are started here, and a bind failure stops start-up. Clients on `mqtt.port` reach
@@ -9,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener as StdTcpListener};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::front::{self, AuthPolicy, Credentials, FrontSettings};
+use super::websocket;
 use super::{Broker, BrokerError, Delivery, Listener, Publication, Session, SessionCommand, SubscriptionId};
 use crate::config::Config;
 use crate::stats::Stats;
@@ -124,15 +126,19 @@ impl EmbeddedBroker {
         ));
 
         if let Some(port) = config.mqtt.ws_port {
-            // rumqttd serves WebSocket itself, without the front, so with a publisher login
-            // set it admits only clients that present that login, subscribers included.
-            let websocket = connection_settings(config, config.mqtt.publisher_auth.as_ref());
-            let ws_tx = router_tx.clone();
-            let make_ws = move |settings| Server::new(settings, ws_tx.clone(), V4);
+            // The bridge carries WebSocket clients to the MQTT front over loopback, so the
+            // front's protocol detection and publisher login apply to them too.
+            let mut front = front_address;
+            if front.ip().is_unspecified() {
+                front.set_ip(if front.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() });
+            }
             let ws = SocketAddr::new(config.bind_address, port);
-            started
-                .bind("mqtt_ws", ws, LinkType::Websocket, &make_ws, &websocket)
-                .await?;
+            let (address, task) = websocket::start(ws, front).await?;
+            started.listeners.push(Listener {
+                name: "mqtt_ws",
+                address,
+            });
+            started.servers.push(task);
         }
         let Started { listeners, servers } = started;
 

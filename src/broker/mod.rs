@@ -9,6 +9,7 @@ pub mod embedded;
 pub mod external;
 pub mod front;
 mod session;
+mod websocket;
 
 use std::net::SocketAddr;
 

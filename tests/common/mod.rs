@@ -135,8 +135,11 @@ pub struct SseEvent {
 }
 
 /// An SSE client over a real socket, parsing the stream as a browser would.
+/// A response body as a stream of chunks, with errors as text whatever the HTTP client.
+pub type BodyStream = futures_util::stream::BoxStream<'static, Result<bytes::Bytes, String>>;
+
 pub struct SseClient {
-    body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    body: BodyStream,
     buffer: Vec<u8>,
     pub comments: usize,
     pub retry: Option<u64>,
@@ -146,11 +149,22 @@ pub struct SseClient {
 impl SseClient {
     /// Connects; the server answers only once its subscriptions are live.
     pub async fn connect(url: &str) -> SseClient {
-        let response = reqwest::get(url).await.unwrap();
-        assert_eq!(response.status(), 200, "stream request failed: {url}");
+        SseClient::send(reqwest::Client::new().get(url)).await
+    }
+
+    /// Sends a prepared stream request, for example one with a `Last-Event-ID` header.
+    pub async fn send(request: reqwest::RequestBuilder) -> SseClient {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "stream request failed: {}", response.url());
         let headers = response.headers().clone();
+        let body = response.bytes_stream().map(|chunk| chunk.map_err(|error| error.to_string()));
+        SseClient::from_body(body.boxed(), headers)
+    }
+
+    /// Parses SSE from any byte stream, such as bytes read from a raw socket.
+    pub fn from_body(body: BodyStream, headers: reqwest::header::HeaderMap) -> SseClient {
         SseClient {
-            body: response.bytes_stream().boxed(),
+            body,
             buffer: Vec::new(),
             comments: 0,
             retry: None,
@@ -374,6 +388,8 @@ impl SseClient {
                         self.comments += 1;
                     } else if let Some(value) = line.strip_prefix("retry:") {
                         self.retry = value.trim_start().parse().ok();
+                    } else if line.starts_with("id:") {
+                        // An id with no data moves the last event id and fires no event.
                     } else {
                         assert!(line.is_empty(), "expected a comment, got the event line {line:?}");
                     }

@@ -1,71 +1,33 @@
-//! Server-Sent Events: the `/api/stream.json` handler and the wire format.
+//! Server-Sent Events: the `/api/stream.json` handler.
 //!
-//! Whatever bytes a payload holds, the wire carries valid UTF-8 and every payload line gets
-//! its own `data:` field, so no payload can inject an SSE field or end an event early.
+//! A request is checked (channels, the connection limit) before it joins the hub, so a
+//! rejected one costs no subscription. `Last-Event-ID` (or `lastEventId` in the query of a
+//! first connect) picks where the stream resumes.
+
+mod body;
+mod frame;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::stream::Stream;
+use axum::body::Body;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CorsOrigins, StreamConfig};
-use crate::hub::{Hub, Membership};
+use crate::hub::{Hub, Resume};
 use crate::stats::{RejectReason, Stats};
 use crate::topic::{self, FilterLimits};
 
+pub use frame::{gap_frame, message_frame};
+
 /// How long a stream request waits for the broker to confirm its subscriptions.
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+const SUBSCRIBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Events concatenated into one write when a client has several queued.
-const MAX_EVENTS_PER_WRITE: usize = 64;
-
-/// Formats a message event: `id:`, then one `data:` line per payload line.
-pub fn message_frame(id: u64, payload: &[u8]) -> Bytes {
-    let text = String::from_utf8_lossy(payload);
-    let mut frame = BytesMut::with_capacity(text.len() + 32);
-    put_id(&mut frame, id);
-    put_data(&mut frame, &text);
-    frame.put_u8(b'\n');
-    frame.freeze()
-}
-
-/// Formats a `gap` event: the broker dropped `lost` messages this stream should have had.
-pub fn gap_frame(id: u64, lost: u64) -> Bytes {
-    let mut frame = BytesMut::with_capacity(64);
-    put_id(&mut frame, id);
-    frame.put_slice(b"event: gap\n");
-    put_data(&mut frame, &format!("{{\"lost\":{lost}}}"));
-    frame.put_u8(b'\n');
-    frame.freeze()
-}
-
-fn put_id(frame: &mut BytesMut, id: u64) {
-    frame.put_slice(b"id: ");
-    frame.put_slice(id.to_string().as_bytes());
-    frame.put_u8(b'\n');
-}
-
-/// Splits on CRLF, CR and LF, the three line ends an SSE parser recognises.
-fn put_data(frame: &mut BytesMut, text: &str) {
-    let mut rest = text;
-    loop {
-        let end = rest.find(['\r', '\n']).unwrap_or(rest.len());
-        frame.put_slice(b"data: ");
-        frame.put_slice(rest[..end].as_bytes());
-        frame.put_u8(b'\n');
-        if end == rest.len() {
-            return;
-        }
-        let skip = if rest[end..].starts_with("\r\n") { 2 } else { 1 };
-        rest = &rest[end + skip..];
-    }
-}
+/// Seconds a client is asked to wait when every SSE connection slot is taken.
+const FULL_RETRY_AFTER_SECS: u64 = 5;
 
 /// What the stream handler needs.
 #[derive(Clone)]
@@ -74,6 +36,21 @@ pub struct StreamState {
     pub config: Arc<StreamConfig>,
     pub stats: Arc<Stats>,
     pub shutdown: CancellationToken,
+    /// One permit per open stream, `stream.connections.max` in all.
+    connections: Arc<Semaphore>,
+}
+
+impl StreamState {
+    pub fn new(hub: Arc<Hub>, config: Arc<StreamConfig>, stats: Arc<Stats>, shutdown: CancellationToken) -> Self {
+        let connections = Arc::new(Semaphore::new(config.connections_max));
+        StreamState {
+            hub,
+            config,
+            stats,
+            shutdown,
+            connections,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,33 +63,50 @@ pub enum StreamError {
     InvalidChannel { channel: String, reason: String },
     #[error("the stream is not available: {0}")]
     Unavailable(String),
+    #[error("too many open streams (stream.connections.max is {max}); retry later")]
+    Full { max: usize },
 }
 
 impl IntoResponse for StreamError {
     fn into_response(self) -> Response {
         let status = match self {
-            StreamError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            StreamError::Unavailable(_) | StreamError::Full { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
-        crate::http::json_error(status, &self.to_string())
+        let mut response = crate::http::json_error(status, &self.to_string());
+        if let StreamError::Full { .. } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(FULL_RETRY_AFTER_SECS));
+        }
+        response
     }
 }
 
-/// `GET /api/stream.json?channel=FILTER[&channel=FILTER...]`
+/// `GET /api/stream.json?channel=FILTER[&channel=FILTER...][&lastEventId=ID]`
 pub async fn stream(
     State(state): State<StreamState>,
     headers: HeaderMap,
     query: axum::extract::RawQuery,
 ) -> Response {
-    let filters = match parse_filters(query.0.as_deref().unwrap_or(""), &state.config) {
+    let query = query.0.unwrap_or_default();
+    let filters = match parse_filters(&query, &state.config) {
         Ok(filters) => filters,
         Err(error) => {
             state.stats.reject(RejectReason::InvalidFilter);
             return with_cors(error.into_response(), &headers, &state.config);
         }
     };
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        Stats::add(&state.stats.sse_connections_rejected, 1);
+        let error = StreamError::Full {
+            max: state.config.connections_max,
+        };
+        return with_cors(error.into_response(), &headers, &state.config);
+    };
 
-    let membership = match tokio::time::timeout(SUBSCRIBE_TIMEOUT, state.hub.join(filters)).await {
+    let resume = parse_resume(&headers, &query);
+    let membership = match tokio::time::timeout(SUBSCRIBE_TIMEOUT, state.hub.join(filters, resume)).await {
         Ok(Ok(membership)) => membership,
         Ok(Err(error)) => {
             tracing::error!(%error, "stream subscription failed");
@@ -125,14 +119,30 @@ pub async fn stream(
             return with_cors(error.into_response(), &headers, &state.config);
         }
     };
+    tracing::debug!(?resume, replayed = membership.replay.len(), gap = membership.gap, "stream opened");
 
-    let body = Body::from_stream(event_stream(membership, state.clone()));
+    let body = Body::from_stream(body::event_stream(membership, state.clone(), permit));
     let mut response = Response::new(body);
     let response_headers = response.headers_mut();
     response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
     response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response_headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     with_cors(response, &headers, &state.config)
+}
+
+/// Reads the resume point: the `Last-Event-ID` header a reconnecting browser sends, else
+/// `lastEventId` from the query, which a page sets on its first connect.
+fn parse_resume(headers: &HeaderMap, query: &str) -> Resume {
+    let value = match headers.get("last-event-id") {
+        Some(value) => Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        None => form_urlencoded::parse(query.as_bytes())
+            .find(|(key, _)| key == "lastEventId")
+            .map(|(_, value)| value.into_owned()),
+    };
+    match value.as_deref().map(str::trim) {
+        None | Some("") => Resume::Live,
+        Some(value) => value.parse().map_or(Resume::Unknown, Resume::After),
+    }
 }
 
 /// `OPTIONS /api/stream.json`: the CORS preflight.
@@ -208,90 +218,9 @@ fn parse_filters(query: &str, config: &StreamConfig) -> Result<Vec<String>, Stre
     Ok(kept)
 }
 
-/// The response body: `retry:`, then events as they come, with heartbeat comments in
-/// silence; it ends on shutdown, on eviction, or when the hub stops.
-fn event_stream(membership: Membership, state: StreamState) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> {
-    let retry = Bytes::from(format!("retry: {}\n\n", state.config.retry_ms));
-    let heartbeat = Duration::from_secs(state.config.heartbeat_secs);
-    let stats = state.stats.clone();
-    Stats::add(&stats.sse_connections_total, 1);
-    let open = OpenConnection::new(stats.clone());
-
-    futures_util::stream::unfold(
-        (Some(retry), membership, state, open, Vec::with_capacity(MAX_EVENTS_PER_WRITE)),
-        move |(first, mut membership, state, open, mut batch)| async move {
-            if let Some(first) = first {
-                return Some((Ok(first), (None, membership, state, open, batch)));
-            }
-            let chunk = tokio::select! {
-                biased;
-                _ = state.shutdown.cancelled() => return None,
-                _ = membership.evicted.cancelled() => return None,
-                _ = state.hub.stopped() => return None,
-                received = membership.events.recv_many(&mut batch, MAX_EVENTS_PER_WRITE) => {
-                    if received == 0 {
-                        return None;
-                    }
-                    let mut chunk = BytesMut::new();
-                    for event in batch.drain(..) {
-                        chunk.put_slice(&event.frame);
-                    }
-                    Stats::add(&state.stats.sse_events_sent, received as u64);
-                    chunk.freeze()
-                }
-                _ = tokio::time::sleep(heartbeat) => Bytes::from_static(b": heartbeat\n\n"),
-            };
-            Some((Ok(chunk), (None, membership, state, open, batch)))
-        },
-    )
-}
-
-/// Keeps the open-connections gauge right however the stream ends.
-struct OpenConnection(Arc<Stats>);
-
-impl OpenConnection {
-    fn new(stats: Arc<Stats>) -> Self {
-        Stats::add(&stats.sse_connections_open, 1);
-        OpenConnection(stats)
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0
-            .sse_connections_open
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn payload_lines_become_data_fields() {
-        let frame = message_frame(7, b"a\r\nb\rc\nd");
-        assert_eq!(&frame[..], b"id: 7\ndata: a\ndata: b\ndata: c\ndata: d\n\n");
-    }
-
-    #[test]
-    fn trailing_line_break_gives_an_empty_data_line() {
-        let frame = message_frame(1, b"a\n");
-        assert_eq!(&frame[..], b"id: 1\ndata: a\ndata: \n\n");
-    }
-
-    #[test]
-    fn invalid_utf8_is_replaced() {
-        let frame = message_frame(1, b"a\xffb");
-        assert!(std::str::from_utf8(&frame).is_ok());
-        assert_eq!(&frame[..], "id: 1\ndata: a\u{fffd}b\n\n".as_bytes());
-    }
-
-    #[test]
-    fn gap_frame_names_its_event() {
-        let frame = gap_frame(3, 5);
-        assert_eq!(&frame[..], b"id: 3\nevent: gap\ndata: {\"lost\":5}\n\n");
-    }
 
     fn config() -> StreamConfig {
         crate::config::Config::with_overrides(&[]).unwrap().stream
@@ -318,5 +247,23 @@ mod tests {
             parse_filters("channel=", &config()),
             Err(StreamError::InvalidChannel { .. })
         ));
+    }
+
+    fn resume_of(header: Option<&str>, query: &str) -> Resume {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = header {
+            headers.insert("last-event-id", HeaderValue::from_str(value).unwrap());
+        }
+        parse_resume(&headers, query)
+    }
+
+    #[test]
+    fn resume_point_prefers_the_header() {
+        assert_eq!(resume_of(None, "channel=all"), Resume::Live);
+        assert_eq!(resume_of(None, "channel=all&lastEventId=42"), Resume::After(42));
+        assert_eq!(resume_of(Some("43"), "channel=all&lastEventId=42"), Resume::After(43));
+        assert_eq!(resume_of(Some(""), "channel=all"), Resume::Live);
+        assert_eq!(resume_of(Some("not-a-number"), "channel=all"), Resume::Unknown);
+        assert_eq!(resume_of(None, "lastEventId=-1"), Resume::Unknown);
     }
 }
