@@ -1,4 +1,4 @@
-//! What every connection to the external broker shares: options, health, backoff, and
+//! Parts shared by every connection to the external broker: options, health, backoff and
 //! outage logging.
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -210,7 +210,7 @@ impl SessionTask {
             } else {
                 Err(BrokerError::SubscriptionRejected(filter))
             };
-            // The caller may have stopped waiting; then no one needs the answer.
+            // The caller may have stopped waiting, and then no one needs the result.
             let _ = done.send(result);
         }
     }
@@ -238,7 +238,7 @@ impl SessionTask {
     }
 }
 
-/// The next command; pends for ever once every handle is gone.
+/// Returns the next command; pends forever once every handle is gone.
 async fn next_command(commands: &mut Option<flume::Receiver<SessionCommand>>) -> SessionCommand {
     if let Some(receiver) = commands {
         if let Ok(command) = receiver.recv_async().await {
@@ -249,13 +249,13 @@ async fn next_command(commands: &mut Option<flume::Receiver<SessionCommand>>) ->
     std::future::pending().await
 }
 
-/// Why the session loop pauses or ends.
+/// The reason the session loop pauses or ends.
 enum Stop {
     Retry(Duration),
     Closed,
 }
 
-/// The filter inside a shared subscription `$share/GROUP/FILTER`.
+/// Returns the filter inside a shared subscription `$share/GROUP/FILTER`.
 fn unshared(filter: &str) -> &str {
     filter
         .strip_prefix("$share/")
