@@ -215,7 +215,7 @@ impl ImportFolder {
             }
         }
         for outcome in outcomes {
-            publisher.wait_written(outcome).await?;
+            outcome.wait_written().await?;
         }
 
         self.status.update(|s| {
