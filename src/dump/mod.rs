@@ -77,6 +77,13 @@ pub enum FsyncPolicy {
 pub enum DumpError {
     #[error("dump writer stopped")]
     Stopped,
+    #[error(
+        "dump directory {} is in use by another lokstream process (it holds the lock on {}); \
+         stop that process or set another dump.dir",
+        dir.display(),
+        lock.display()
+    )]
+    Locked { dir: PathBuf, lock: PathBuf },
     #[error("dump write failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -189,6 +196,7 @@ impl DumpWriter {
         for sub in [OWN_DIR, IMPORT_DIR, IMPORTED_DIR] {
             std::fs::create_dir_all(config.dir.join(sub))?;
         }
+        let lock = lock_dump_dir(&config.dir)?;
         let leftovers = repair::repair_own_dir(&config.dir)?;
 
         let status = DumpStatus {
@@ -213,7 +221,7 @@ impl DumpWriter {
             rotate_bytes: config.rotate_bytes,
             fsync: config.fsync,
         };
-        writer::spawn(settings, clock, status, compressor, queue, stopped_sender)?;
+        writer::spawn(settings, clock, status, compressor, queue, stopped_sender, lock)?;
 
         tracing::info!(
             dir = %config.dir.display(),
@@ -325,6 +333,25 @@ impl DumpWriter {
     // The state is replaced in one assignment, so a poisoned lock still holds a valid value.
     fn lock_state(&self) -> MutexGuard<'_, WriterState> {
         self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Name of the lock file in `dump.dir`.
+const LOCK_FILE_NAME: &str = ".lock";
+
+/// Takes an exclusive `flock` on `dump_dir/.lock`. The lock ends when the returned file is
+/// closed, also when the process dies, so a crash never leaves a stale lock. Without it, a
+/// second server's start-up repair would compress and remove the first one's open file.
+fn lock_dump_dir(dump_dir: &std::path::Path) -> Result<std::fs::File, DumpError> {
+    let path = dump_dir.join(LOCK_FILE_NAME);
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DumpError::Locked {
+            dir: dump_dir.to_path_buf(),
+            lock: path,
+        }),
+        Err(std::fs::TryLockError::Error(error)) => Err(error.into()),
     }
 }
 

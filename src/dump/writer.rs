@@ -60,7 +60,7 @@ pub(super) struct Settings {
 
 /// Starts the writer thread, which hands rotated files to `compressor`. The thread runs
 /// until every sender of `requests` is dropped, then closes the current file, waits for
-/// pending compressions and sets `stopped` to `true`.
+/// pending compressions, releases `dir_lock` and sets `stopped` to `true`.
 pub(super) fn spawn(
     settings: Settings,
     clock: Arc<dyn Clock>,
@@ -68,6 +68,7 @@ pub(super) fn spawn(
     compressor: Compressor,
     requests: mpsc::Receiver<AppendRequest>,
     stopped: watch::Sender<bool>,
+    dir_lock: File,
 ) -> io::Result<()> {
     // The thread's own runtime only times the wait for requests while writes fail.
     let timer = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
@@ -85,6 +86,8 @@ pub(super) fn spawn(
         .name("dump-writer".into())
         .spawn(move || {
             writer.run(&timer, requests);
+            // Another server may take the directory once this one is done with it.
+            drop(dir_lock);
             stopped.send_replace(true);
         })?;
     Ok(())
