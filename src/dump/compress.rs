@@ -4,8 +4,9 @@
 //! at least one complete copy of every line. The same pass computes the file's facts for
 //! the index, and retention runs after each file and once an hour.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -140,10 +141,18 @@ pub fn compress_file(txt: &Path) -> io::Result<u64> {
 }
 
 /// Writes the gzip of `txt` to `temp` and fsyncs it, counting lines on the way in and
-/// hashing the compressed bytes on the way out.
+/// hashing the compressed bytes on the way out. Neither file is opened through a symlink,
+/// so a link planted in `own/` cannot make it read or overwrite a file elsewhere.
 fn write_compressed(txt: &Path, temp: &Path) -> io::Result<FileFacts> {
-    let mut source = BufReader::with_capacity(READ_BUFFER_BYTES, File::open(txt)?);
-    let target = HashingWriter::new(BufWriter::new(File::create(temp)?));
+    let source = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(txt)?;
+    let mut source = BufReader::with_capacity(READ_BUFFER_BYTES, source);
+    let target = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(temp)?;
+    let target = HashingWriter::new(BufWriter::new(target));
     let mut encoder = GzEncoder::new(target, Compression::new(GZIP_LEVEL));
 
     let mut tally = LineTally::default();
