@@ -420,3 +420,34 @@ async fn rotate_policy_keeps_lines_at_shutdown() {
     let names = own_names(temp.path());
     assert_eq!(read_ids(&own_path(temp.path(), &names[0])), (0..100).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn failed_append_across_rotation_leaves_no_lines() {
+    const ROTATE_BYTES: u64 = 1024;
+
+    let temp = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(TestClock::at(2024, 5, 1, 12, 0, 0));
+    let writer = DumpWriter::open(&config(temp.path(), ROTATE_BYTES), clock).expect("writer opens");
+    writer.append(messages(0..2)).await.expect("queued").wait().await.expect("first lines written");
+
+    // The open file stays writable through its handle, but the file after the rotation
+    // cannot be created, because a plain file is in place of `own/`.
+    let own = temp.path().join("own");
+    let moved = temp.path().join("own.moved");
+    fs::rename(&own, &moved).expect("own/ moved");
+    fs::write(&own, b"not a directory").expect("file in place of own/");
+
+    let failed = writer.append(messages(2..100)).await.expect("queued").wait().await;
+    assert!(matches!(failed, Err(DumpError::Io(_))), "append across a failed rotation succeeded");
+
+    fs::remove_file(&own).expect("file removed");
+    fs::rename(&moved, &own).expect("own/ restored");
+    writer.shutdown().await;
+
+    let names = own_names(temp.path());
+    let mut stored = Vec::new();
+    for name in &names {
+        stored.extend(read_ids(&own_path(temp.path(), name)));
+    }
+    assert_eq!(stored, vec![0, 1], "files: {names:?}");
+}
