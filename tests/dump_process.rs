@@ -396,3 +396,35 @@ async fn second_server_on_same_dir_exits() {
     let stored = read_dump_lines(dir.path());
     assert_eq!(stored.len(), 1, "the first server's line was lost: {stored:?}");
 }
+
+#[test]
+fn verify_rejects_gz_that_is_not_gzip() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("a_empty.txt.gz"), b"").expect("file written");
+    std::fs::write(dir.path().join("b_plain.txt.gz"), b"{\"a\":1}\n").expect("file written");
+
+    let (ok, report) = verify(dir.path());
+
+    assert!(!ok, "files that are not gzip passed:\n{report}");
+    for name in ["a_empty.txt.gz", "b_plain.txt.gz"] {
+        let line = report.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("{name} not reported:\n{report}"));
+        assert!(line.contains("not gzip"), "{name}: {line}");
+    }
+}
+
+#[test]
+fn verify_of_empty_dir_fails() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("own")).expect("own/ created");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_lokstream"))
+        .args(["dump", "verify"])
+        .arg(dir.path())
+        .output()
+        .expect("lokstream dump verify runs");
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "verify of a folder without dump files succeeded: {stderr}");
+    assert!(stderr.contains("nothing was checked"), "{stderr}");
+    assert!(stderr.contains("own"), "the message does not point to own/: {stderr}");
+}

@@ -207,3 +207,24 @@ async fn non_regular_entries_are_set_aside() {
         assert!(!own.join(format!("{name}.gz")).exists(), "{name} was compressed");
     }
 }
+
+#[tokio::test]
+async fn gz_that_is_not_gzip_is_set_aside() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let own = own(temp.path());
+    fs::create_dir_all(&own).expect("own/ created");
+    let empty = "messages_20240501_00000006.txt.gz";
+    let plain = "messages_20240501_00000007.txt.gz";
+    fs::write(own.join(empty), b"").expect("empty file written");
+    fs::write(own.join(plain), line(1)).expect("plain file written");
+
+    let writer = open(&config(temp.path(), 1 << 20));
+    let damaged = temp.path().join("damaged");
+    eventually("damaged files set aside", || damaged.join(empty).exists() && damaged.join(plain).exists()).await;
+    writer.shutdown().await;
+
+    for name in [empty, plain] {
+        assert!(!own.join(name).exists(), "{name} stayed in own/");
+        assert!(!facts::sidecar_path(&own, name).exists(), "facts were built from {name}");
+    }
+}
