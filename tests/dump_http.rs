@@ -273,6 +273,11 @@ async fn conditional_and_head_requests() {
     assert_eq!(since.status, 304);
     let other_tag = get(server.http, &target, &[("If-None-Match", "\"other\"")]).await;
     assert_eq!(other_tag.status, 200);
+    // RFC 9110 section 13.1.3: If-Modified-Since is ignored when If-None-Match is present.
+    let both = [("If-None-Match", "\"other\""), ("If-Modified-Since", last_modified.as_str())];
+    let tag_miss_with_date = get(server.http, &target, &both).await;
+    assert_eq!(tag_miss_with_date.status, 200);
+    assert_eq!(tag_miss_with_date.body, whole);
 
     let current = get(server.http, &target, &[("Range", "bytes=0-3"), ("If-Range", &etag)]).await;
     assert_eq!(current.status, 206);
@@ -281,6 +286,21 @@ async fn conditional_and_head_requests() {
     let stale = get(server.http, &target, &[("Range", "bytes=0-3"), ("If-Range", "\"stale\"")]).await;
     assert_eq!(stale.status, 200);
     assert_eq!(stale.body, whole);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txt_with_gz_is_not_listed() {
+    let (mut server, name, _whole) = server_with_closed_file().await;
+    // The state between the rename of the `.txt.gz` and the removal of its `.txt`.
+    let plain = name.strip_suffix(".gz").expect("compressed name").to_owned();
+    std::fs::write(server.dump_dir().join("own").join(&plain), b"{\"a\":1}\n").expect(".txt written");
+
+    let listed: Vec<String> = index(&server).await.iter().map(|file| file["name"].as_str().expect("name").to_owned()).collect();
+    assert!(listed.contains(&name), "{listed:?}");
+    assert!(!listed.contains(&plain), "{listed:?}");
+    let page = String::from_utf8(get(server.http, "/dump/", &[]).await.body).expect("UTF-8");
+    assert!(!page.contains(&format!("\"{plain}\"")), "{page}");
     server.stop().await;
 }
 

@@ -249,6 +249,11 @@ async fn download(
         if if_none_match_hits(request.headers(), tag) {
             return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, tag.clone())]).into_response());
         }
+        // RFC 9110 section 13.1.3: with `If-None-Match` present, `If-Modified-Since` is
+        // ignored, but `ServeFile` evaluates it, so it is removed after a miss.
+        if request.headers().contains_key(header::IF_NONE_MATCH) {
+            request.headers_mut().remove(header::IF_MODIFIED_SINCE);
+        }
         if if_range_fails(request.headers(), tag, &metadata) {
             request.headers_mut().remove(header::RANGE);
         }
