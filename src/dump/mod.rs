@@ -118,7 +118,7 @@ pub struct DumpStatus {
     pub write_errors: u64,
     /// Message of the latest write error; it stays after the writer recovers.
     pub last_error: Option<String>,
-    /// Rotated files that could not be compressed and stay `.txt`.
+    /// Failed compression attempts. The file stays `.txt` and is compressed again later.
     pub compression_errors: u64,
     /// Committed lines in the file being written.
     pub current_lines: u64,
@@ -210,7 +210,7 @@ impl DumpWriter {
         let status = Arc::clone(&writer.inner.status);
 
         let retention = Retention::new(config, Arc::clone(&status));
-        let compressor = Compressor::start(Arc::clone(&status), retention.clone())?;
+        let compressor = Compressor::start(Arc::clone(&status), retention.clone(), compress::RETRY_DELAY)?;
         for leftover in leftovers {
             compressor.submit(leftover);
         }

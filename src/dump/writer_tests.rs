@@ -4,6 +4,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{TimeZone, Utc};
@@ -450,4 +451,37 @@ async fn failed_append_across_rotation_leaves_no_lines() {
         stored.extend(read_ids(&own_path(temp.path(), name)));
     }
     assert_eq!(stored, vec![0, 1], "files: {names:?}");
+}
+
+#[test]
+fn failed_compression_is_retried() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dump_config = config(temp.path(), 1 << 20);
+    let own = temp.path().join("own");
+    fs::create_dir_all(&own).expect("own/ created");
+    let txt = own.join("messages_20240501_12345678.txt");
+    let gz = own.join("messages_20240501_12345678.txt.gz");
+    fs::write(&txt, b"{\"id_str\":\"1\"}\n").expect("txt written");
+    // A directory at the target name makes the final rename fail until it is removed.
+    fs::create_dir(&gz).expect("blocking directory");
+
+    let status = Arc::new(super::status::StatusCell::new(super::DumpStatus::default()));
+    let retention = super::retention::Retention::new(&dump_config, Arc::clone(&status));
+    let mut compressor = compress::Compressor::start(Arc::clone(&status), retention, Duration::from_millis(50)).expect("worker starts");
+    compressor.submit(txt.clone());
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while status.snapshot().compression_errors == 0 {
+        assert!(std::time::Instant::now() < deadline, "the compression never failed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    fs::remove_dir(&gz).expect("blocking directory removed");
+    while !gz.is_file() || txt.exists() {
+        assert!(std::time::Instant::now() < deadline, "the failed compression was not retried");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    compressor.finish();
+
+    assert_eq!(read_text(&gz), "{\"id_str\":\"1\"}\n");
+    assert_eq!(status.snapshot().compressions, 1);
 }
