@@ -527,6 +527,29 @@ async fn import_replays_multi_member_gzip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_waits_for_final_newline() {
+    let mut server = TestServer::start_with(&[("dump.import.poll_secs", "1")]).await;
+    let lines = corpus_lines();
+    let (last, torn) = lines[2].split_at(lines[2].len() / 2);
+    let start = format!("{}\n{}\n{last}", lines[0], lines[1]);
+    let dropped = drop_for_import(server.dump_dir(), "paused.txt", start.as_bytes());
+
+    // Three poll intervals: two scans with the same size and time would take the file.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let import = &server.status().await["dump"]["import"];
+    assert_eq!(import["lines_imported"], 0, "a file without its final newline was imported: {import}");
+    assert!(dropped.exists(), "the file left import/ before its copy finished");
+
+    let mut file = std::fs::OpenOptions::new().append(true).open(&dropped).expect("import file opens");
+    file.write_all(format!("{torn}\n").as_bytes()).expect("rest of the file written");
+    drop(file);
+    let status = wait_for_status(&server, "the finished file imported", |status| status["dump"]["import"]["files_done"] == 1).await;
+    assert_eq!(status["dump"]["import"]["lines_imported"], 3, "{status}");
+    assert_eq!(status["dump"]["import"]["bad_lines"], 0, "{status}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_counts_broken_lines() {
     let mut server = TestServer::start_with(&[("dump.import.poll_secs", "1")]).await;
     let lines = corpus_lines();

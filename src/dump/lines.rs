@@ -7,7 +7,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use flate2::bufread::MultiGzDecoder;
 
 /// Magic bytes that open every gzip member (RFC 1952).
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+pub(super) const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// Read buffer, in bytes.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
