@@ -149,6 +149,11 @@ impl Publisher {
         }
     }
 
+    /// Returns `stream.message.max_bytes`, the size above which a message is rejected.
+    pub fn message_max_bytes(&self) -> usize {
+        self.limits.message_max_bytes
+    }
+
     /// Publishes every message of `payload`, or rejects the payload whole.
     pub async fn publish(&self, payload: &[u8], origin: Origin<'_>) -> Result<Outcome, PublishError> {
         let messages = match message::parse_payload(payload, &self.limits) {

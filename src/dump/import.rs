@@ -156,7 +156,8 @@ impl ImportFolder {
 
         let (batches, mut receiver) = mpsc::channel::<Batch>(2);
         let reader_path = path.clone();
-        let reader = tokio::task::spawn_blocking(move || read_batches(&reader_path, done_before, batches));
+        let max_line_bytes = publisher.message_max_bytes();
+        let reader = tokio::task::spawn_blocking(move || read_batches(&reader_path, done_before, max_line_bytes, batches));
 
         let mut tally = Tally {
             lines: done_before,
@@ -205,7 +206,7 @@ impl ImportFolder {
         for line in batch {
             tally.lines += 1;
             let Some(line) = line else {
-                self.bad_line(name, tally, "the line is longer than the maximum line length");
+                self.bad_line(name, tally, "the line is longer than stream.message.max_bytes");
                 continue;
             };
             if line.trim_ascii().is_empty() {
@@ -333,13 +334,14 @@ fn looks_complete(path: &Path) -> io::Result<bool> {
 }
 
 /// Reads `path` on a blocking thread and sends its lines in batches, after skipping the
-/// first `skip` lines. Ends early, without error, when the receiver is gone.
-fn read_batches(path: &Path, skip: u64, batches: mpsc::Sender<Batch>) -> io::Result<Ending> {
+/// first `skip` lines. A line longer than `max_line_bytes` is sent as `None` without being
+/// buffered whole. Ends early, without error, when the receiver is gone.
+fn read_batches(path: &Path, skip: u64, max_line_bytes: usize, batches: mpsc::Sender<Batch>) -> io::Result<Ending> {
     let mut seen = 0u64;
     let mut batch: Batch = Vec::with_capacity(BATCH_LINES);
     let receiver_gone = || io::Error::new(io::ErrorKind::Interrupted, "import stopped");
 
-    let result = lines::for_each_line(File::open(path)?, |line| {
+    let result = lines::for_each_line_up_to(File::open(path)?, max_line_bytes, |line| {
         seen += 1;
         if seen <= skip {
             return Ok(());
