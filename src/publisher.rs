@@ -80,8 +80,8 @@ pub struct Publisher {
 }
 
 /// The ids one payload marked pending. Settling it moves them into the window (written) or
-/// forgets them (failed). Dropping it unsettled, as happens when the publishing future is
-/// cancelled before its lines were queued, forgets them too.
+/// makes them new again (failed). Dropping it unsettled counts as failed, which is right
+/// because that happens only before its lines were queued, for example on cancellation.
 struct Claim {
     dedupe: Dedupe,
     /// `(source, id_str)` of the claimed messages.
@@ -114,7 +114,7 @@ impl Drop for Claim {
     }
 }
 
-/// Which messages of a payload are duplicates, and the claim on the others.
+/// Duplicate flags of a payload's messages, and the claim on the others.
 struct Claimed {
     claim: Claim,
     /// One flag per prepared message.
@@ -183,8 +183,8 @@ impl Publisher {
         let accepted = lines.len();
         let duplicates = prepared.len() - accepted;
         let channel_publishes = publications.len() as u64;
-        // An error or a cancelled append drops the claim, which forgets the ids; no line
-        // was queued then, because a cancelled send queues nothing.
+        // An error or a cancelled append drops the claim, which makes the ids new again.
+        // No line was queued then, because a cancelled send queues nothing.
         let written = self.dump.append(lines).await?;
         let written = settle_when_written(claim, written);
         if !publications.is_empty() {

@@ -293,8 +293,8 @@ impl OpenedFile {
 }
 
 /// Opens `path` with `O_NOFOLLOW` and returns it only when it is still the regular file
-/// that `checked` describes (same device and inode), so an entry swapped for a symlink or
-/// another file between the check and the open is not served.
+/// that `checked` describes (same device and inode). An entry swapped for a symlink or
+/// another file between the check and the open is therefore not served.
 async fn open_checked(path: &FsPath, checked: &Metadata) -> Result<Option<OpenedFile>, DumpHttpError> {
     let path = path.to_path_buf();
     let identity = (checked.dev(), checked.ino());

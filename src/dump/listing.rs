@@ -47,7 +47,7 @@ pub(super) fn list_files(own: &Path) -> io::Result<Vec<DumpFile>> {
     }
 
     // Between the rename of its `.txt.gz` into place and its own removal, a `.txt` has
-    // the same lines as its `.txt.gz`; only the `.txt.gz` is listed.
+    // the same lines as its `.txt.gz`, so only the `.txt.gz` is listed.
     let compressed: HashSet<String> = files.iter().filter(|file| file.compressed).map(|file| file.name.clone()).collect();
     files.retain(|file| file.compressed || !compressed.contains(&names::compressed_name(&file.name)));
 

@@ -315,7 +315,7 @@ impl WriterThread {
         if keep_bytes == 0 {
             drop(handle);
             if let Err(error) = fs::remove_file(&file.path) {
-                tracing::warn!(file = %file.name, %error, "could not remove a dump file that holds only lines of a failed append");
+                tracing::warn!(file = %file.name, %error, "could not remove a dump file that contains only lines of a failed append");
             }
             return;
         }
