@@ -286,6 +286,7 @@ struct OpenedFile(std::fs::File);
 impl OpenedFile {
     /// Returns `/proc/self/fd/N`. Opening it reopens this very file, whatever the name in
     /// `own/` points to by then (Linux `proc(5)`).
+    /// NOTE: without a mounted `/proc`, `ServeFile` finds no file and every download is a 404.
     fn proc_path(&self) -> PathBuf {
         use std::os::fd::AsRawFd;
         PathBuf::from(format!("/proc/self/fd/{}", self.0.as_raw_fd()))
