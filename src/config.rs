@@ -329,6 +329,14 @@ impl Settings {
         Ok(value)
     }
 
+    fn in_range(&self, key: &'static str, min: u64, max: u64) -> Result<u64, ConfigError> {
+        let value = self.at_least(key, min)?;
+        if value > max {
+            return Err(self.invalid(key, format!("must be at most {max}")));
+        }
+        Ok(value)
+    }
+
     fn usize_at_least(&self, key: &'static str, min: u64) -> Result<usize, ConfigError> {
         let value = self.at_least(key, min)?;
         usize::try_from(value).map_err(|_| self.invalid(key, "too large for this platform"))
@@ -469,6 +477,10 @@ fn non_empty(s: &Settings, key: &'static str) -> Result<String, ConfigError> {
     Ok(value)
 }
 
+/// Upper limit of `dump.retain.days`: 100 years. A larger value is a typing error, and
+/// its age in seconds would overflow on the way to a `SystemTime`.
+const MAX_RETAIN_DAYS: u64 = 36_500;
+
 fn dump_config(s: &Settings) -> Result<DumpConfig, ConfigError> {
     let fsync = match s.raw("dump.fsync").0 {
         "batch" => FsyncPolicy::Batch,
@@ -481,7 +493,7 @@ fn dump_config(s: &Settings) -> Result<DumpConfig, ConfigError> {
         rotate_bytes: s.at_least("dump.rotate.bytes", 1024)?,
         fsync,
         retain_bytes: s.at_least("dump.retain.bytes", 0)?,
-        retain_days: s.at_least("dump.retain.days", 0)?,
+        retain_days: s.in_range("dump.retain.days", 0, MAX_RETAIN_DAYS)?,
         import_poll_secs: s.at_least("dump.import.poll_secs", 1)?,
     })
 }
@@ -635,6 +647,17 @@ mod tests {
         assert_eq!(config.dump.rotate_bytes, 268_435_456);
         assert_eq!(config.dump.fsync, FsyncPolicy::Batch);
         assert_eq!(config.stream.cors_origins, CorsOrigins::Any);
+    }
+
+    #[test]
+    fn retain_days_over_100_years_is_invalid() {
+        let error = Config::with_overrides(&[("dump.retain.days", "36501")]).unwrap_err();
+        assert!(error.to_string().contains("dump.retain.days"), "{error}");
+        let error = Config::with_overrides(&[("dump.retain.days", "18446744073709551615")]).unwrap_err();
+        assert!(error.to_string().contains("dump.retain.days"), "{error}");
+
+        let config = Config::with_overrides(&[("dump.retain.days", "36500")]).expect("100 years is valid");
+        assert_eq!(config.dump.retain_days, 36_500);
     }
 
     #[test]

@@ -123,7 +123,7 @@ async fn push(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
     };
 
     let (accepted, duplicates) = (outcome.accepted, outcome.duplicates);
-    if let Err(error) = state.publisher.wait_written(outcome).await {
+    if let Err(error) = outcome.wait_written().await {
         tracing::error!(%error, "push not written to the dump");
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "the dump write failed; retry later");
     }

@@ -150,6 +150,16 @@ fn verify_dumps(dir: Option<PathBuf>, config_path: Option<PathBuf>, sets: Vec<St
         }
     };
 
+    if checks.is_empty() {
+        eprintln!(
+            "lokstream dump verify: no dump files (*.txt, *.txt.gz) in {}, so nothing was checked; \
+             the server writes them to the own/ folder of dump.dir, for example {}",
+            dir.display(),
+            dump::own_dir(&dir).display()
+        );
+        return ExitCode::FAILURE;
+    }
+
     println!("{:<40} {:>10} {:>9}  status", "file", "lines", "bad");
     for check in &checks {
         let status = check.damage.as_deref().unwrap_or("ok");

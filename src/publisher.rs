@@ -4,13 +4,19 @@
 //! the lines to the dump and publishes one copy per channel. Stamping, the dump append and
 //! the broker hand-off happen under one lock, so stream ids increase in the dump file and
 //! on every channel.
+//!
+//! A message id counts as seen only after its line is written (flushed, and fsynced under
+//! `dump.fsync = batch`). Until then it is pending: a second message with that id waits
+//! for the first one's write, and is stored when that write failed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
 
 use crate::broker::{Broker, BrokerError, Publication};
 use crate::channels::{self, ChannelOptions};
-use crate::dedupe::DedupeWindow;
+use crate::dedupe::{DedupeWindow, Seen};
 use crate::dump::{DumpError, DumpWriter, Written};
 use crate::ids::IdGenerator;
 use crate::message::{self, Limits, Message, Rejection};
@@ -39,16 +45,34 @@ pub enum PublishError {
 pub struct Outcome {
     pub accepted: usize,
     pub duplicates: usize,
-    /// Resolves when the accepted lines are written to the dump.
-    pub written: Written,
-    /// `(source, id_str)` of the accepted messages, forgotten again when the write fails.
-    remembered: Vec<(String, String)>,
+    /// Sent by the task that waits for the dump write, which runs on even when this
+    /// outcome is dropped.
+    written: oneshot::Receiver<Result<(), DumpError>>,
 }
+
+impl Outcome {
+    /// Waits until the accepted lines are written to the dump, or the write failed.
+    pub async fn wait_written(self) -> Result<(), DumpError> {
+        match self.written.await {
+            Ok(result) => result,
+            // The waiting task ends without sending only when the runtime shuts down.
+            Err(_closed) => Err(DumpError::Stopped),
+        }
+    }
+}
+
+/// The write outcome of a pending id: `None` while the write runs, then whether it succeeded.
+type WriteSettled = watch::Receiver<Option<bool>>;
+
+type Dedupe = Arc<Mutex<DedupeWindow<WriteSettled>>>;
 
 pub struct Publisher {
     limits: Limits,
     channel_options: ChannelOptions,
-    state: tokio::sync::Mutex<State>,
+    /// Held only for short, synchronous steps, so a drop guard can take it.
+    dedupe: Dedupe,
+    /// Held from stamping through the dump append and the broker hand-off.
+    ids: tokio::sync::Mutex<IdGenerator>,
     dump: DumpWriter,
     broker: Arc<dyn Broker>,
     stats: Arc<Stats>,
@@ -58,9 +82,46 @@ pub struct Publisher {
     excluded: Option<String>,
 }
 
-struct State {
-    dedupe: DedupeWindow,
-    ids: IdGenerator,
+/// The ids one payload marked pending. Settling it moves them into the window (written) or
+/// makes them new again (failed). Dropping it unsettled counts as failed, which is right
+/// because that happens only before its lines were queued, for example on cancellation.
+struct Claim {
+    dedupe: Dedupe,
+    /// `(source, id_str)` of the claimed messages.
+    ids: Vec<(String, String)>,
+    settled: watch::Sender<Option<bool>>,
+    done: bool,
+}
+
+impl Claim {
+    fn settle(mut self, written: bool) {
+        self.finish(written);
+    }
+
+    fn finish(&mut self, written: bool) {
+        self.done = true;
+        let mut window = lock_dedupe(&self.dedupe);
+        for (source, id) in &self.ids {
+            window.finish(source, id, written);
+        }
+        drop(window);
+        self.settled.send_replace(Some(written));
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(false);
+        }
+    }
+}
+
+/// Duplicate flags of a payload's messages, and the claim on the others.
+struct Claimed {
+    claim: Claim,
+    /// One flag per prepared message.
+    duplicate: Vec<bool>,
 }
 
 /// A message with what can be computed before taking the lock.
@@ -82,10 +143,8 @@ impl Publisher {
         Publisher {
             limits,
             channel_options,
-            state: tokio::sync::Mutex::new(State {
-                dedupe: DedupeWindow::new(dedupe_entries),
-                ids: IdGenerator::new(),
-            }),
+            dedupe: Arc::new(Mutex::new(DedupeWindow::new(dedupe_entries))),
+            ids: tokio::sync::Mutex::new(IdGenerator::new()),
             dump,
             broker,
             stats,
@@ -100,6 +159,11 @@ impl Publisher {
         self
     }
 
+    /// Returns `stream.message.max_bytes`, the size above which a message is rejected.
+    pub fn message_max_bytes(&self) -> usize {
+        self.limits.message_max_bytes
+    }
+
     /// Publishes every message of `payload`, or rejects the payload whole.
     pub async fn publish(&self, payload: &[u8], origin: Origin<'_>) -> Result<Outcome, PublishError> {
         let messages = match message::parse_payload(payload, &self.limits) {
@@ -110,22 +174,13 @@ impl Publisher {
             }
         };
         let prepared: Vec<Prepared<'_>> = messages.into_iter().map(|m| self.prepare(m)).collect();
+        let Claimed { claim, duplicate } = self.claim_ids(&prepared).await;
 
-        let mut state = self.state.lock().await;
+        let ids = self.ids.lock().await;
         let mut lines = Vec::with_capacity(prepared.len());
         let mut publications = Vec::new();
-        let mut duplicates = 0;
-        let mut remembered = Vec::new();
-
-        for item in &prepared {
-            if let Some(id) = item.message.id_str.as_deref() {
-                if !state.dedupe.insert(&item.dedupe_source, id) {
-                    duplicates += 1;
-                    continue;
-                }
-                remembered.push((item.dedupe_source.clone(), id.to_owned()));
-            }
-            let line = item.message.to_line(state.ids.next_id());
+        for (item, _) in prepared.iter().zip(&duplicate).filter(|(_, duplicate)| !**duplicate) {
+            let line = item.message.to_line(ids.next_id());
             for topic in &item.channels {
                 publications.push(Publication {
                     topic: topic.clone(),
@@ -136,13 +191,17 @@ impl Publisher {
         }
 
         let accepted = lines.len();
+        let duplicates = prepared.len() - accepted;
         let channel_publishes = publications.len() as u64;
         self.stats.channel_activity.record(publications.iter().map(|publication| publication.topic.as_str()));
+        // An error or a cancelled append drops the claim, which makes the ids new again.
+        // No line was queued then, because a cancelled send queues nothing.
         let written = self.dump.append(lines).await?;
+        let written = settle_when_written(claim, written);
         if !publications.is_empty() {
             self.broker.publish(publications).await?;
         }
-        drop(state);
+        drop(ids);
 
         Stats::add(&self.stats.messages_accepted, accepted as u64);
         Stats::add(&self.stats.messages_duplicate, duplicates as u64);
@@ -152,22 +211,69 @@ impl Publisher {
             accepted,
             duplicates,
             written,
-            remembered,
         })
     }
 
-    /// Waits until the accepted lines of `outcome` are in the dump. When the write failed,
-    /// their ids are forgotten, so that a retry is stored instead of being counted as a
-    /// duplicate. The retry then reaches the channels a second time.
-    pub async fn wait_written(&self, outcome: Outcome) -> Result<(), DumpError> {
-        let result = outcome.written.wait().await;
-        if result.is_err() && !outcome.remembered.is_empty() {
-            let mut state = self.state.lock().await;
-            for (source, id) in &outcome.remembered {
-                state.dedupe.remove(source, id);
+    /// Marks the ids of `prepared` pending and flags the duplicates. An id whose write is
+    /// still running is decided after that write: it is a duplicate when the write
+    /// succeeded and new when it failed.
+    async fn claim_ids(&self, prepared: &[Prepared<'_>]) -> Claimed {
+        loop {
+            let running = match self.try_claim(prepared) {
+                Ok(claimed) => return claimed,
+                Err(running) => running,
+            };
+            for mut settled in running {
+                // A closed channel means the claim was settled and dropped; the next
+                // pass reads the window.
+                let _ = settled.wait_for(Option::is_some).await;
             }
         }
-        result
+    }
+
+    /// Claims the ids of `prepared`, or returns the outcomes of the running writes that
+    /// must be waited for first.
+    fn try_claim(&self, prepared: &[Prepared<'_>]) -> Result<Claimed, Vec<WriteSettled>> {
+        let mut window = lock_dedupe(&self.dedupe);
+        let running: Vec<WriteSettled> = prepared
+            .iter()
+            .filter_map(|item| match window.check(&item.dedupe_source, item.message.id_str.as_deref()?) {
+                Seen::Pending(settled) => Some(settled.clone()),
+                Seen::New | Seen::Duplicate => None,
+            })
+            .collect();
+        if !running.is_empty() {
+            return Err(running);
+        }
+        Ok(self.claim_new(&mut window, prepared))
+    }
+
+    fn claim_new(&self, window: &mut DedupeWindow<WriteSettled>, prepared: &[Prepared<'_>]) -> Claimed {
+        let (settled, receiver) = watch::channel(None);
+        let mut claimed_ids = Vec::new();
+        let mut duplicate = Vec::with_capacity(prepared.len());
+
+        for item in prepared {
+            let Some(id) = item.message.id_str.as_deref() else {
+                duplicate.push(false);
+                continue;
+            };
+            // `begin` also returns false for a repeat inside this payload, which is pending
+            // by now.
+            let is_new = window.begin(&item.dedupe_source, id, receiver.clone());
+            if is_new {
+                claimed_ids.push((item.dedupe_source.clone(), id.to_owned()));
+            }
+            duplicate.push(!is_new);
+        }
+
+        let claim = Claim {
+            dedupe: Arc::clone(&self.dedupe),
+            ids: claimed_ids,
+            settled,
+            done: false,
+        };
+        Claimed { claim, duplicate }
     }
 
     fn prepare<'a>(&self, message: Message<'a>) -> Prepared<'a> {
@@ -203,4 +309,24 @@ impl Publisher {
             );
         }
     }
+}
+
+/// Settles `claim` with the outcome of `written` on a task of its own, so that the ids are
+/// settled even when the caller stops waiting, as an HTTP handler does when its client
+/// disconnects.
+fn settle_when_written(claim: Claim, written: Written) -> oneshot::Receiver<Result<(), DumpError>> {
+    let (sender, receiver) = oneshot::channel();
+    tokio::spawn(async move {
+        let result = written.wait().await;
+        claim.settle(result.is_ok());
+        // A caller that dropped its `Outcome` does not read the result.
+        let _ = sender.send(result);
+    });
+    receiver
+}
+
+// The window is changed by single calls that leave it valid, so a poisoned lock still
+// holds a usable window.
+fn lock_dedupe(dedupe: &Mutex<DedupeWindow<WriteSettled>>) -> MutexGuard<'_, DedupeWindow<WriteSettled>> {
+    dedupe.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -145,3 +145,57 @@ async fn full_disk_fails_pushes_then_recovers() {
     assert!(checks.iter().all(|check| check.is_ok()), "damaged files: {checks:?}");
     drop(mount);
 }
+
+/// MQTT ingest never waits for the write of what it publishes, so a failed write must not
+/// leave the ids counted as seen: a later push of the same message is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_mqtt_write_retry_is_stored() {
+    let base = tempfile::tempdir().expect("temp dir");
+    let mount_point = base.path().join("tmpfs");
+    let mount = match Mount::tmpfs(&mount_point) {
+        Ok(mount) => mount,
+        Err(reason) => {
+            println!("SKIPPED failed_mqtt_write_retry_is_stored: cannot mount a tmpfs ({reason})");
+            return;
+        }
+    };
+    let dump_dir = mount.path.join("dump");
+    let dump_dir_text = dump_dir.to_str().expect("UTF-8 path").to_owned();
+    let mut server = TestServer::start_with(&[("dump.dir", &dump_dir_text)]).await;
+    let line = corpus_lines()[0].clone();
+
+    let filler = mount.path.join("filler");
+    fill(&filler);
+    let client = common::MqttClient::connect(server.mqtt, "full-disk-ingest").await;
+    client
+        .client
+        .publish("ingest/full-disk", rumqttc::QoS::AtLeastOnce, false, line.clone().into_bytes())
+        .await
+        .expect("publish queued");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let writer = &server.status().await["dump"]["writer"];
+        if writer["write_errors"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the write never failed: {writer}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    std::fs::remove_file(&filler).expect("filler removed");
+    wait_until_ready(&server).await;
+    let retried = server.push(line.clone()).await;
+    assert_eq!(retried.status(), 200);
+    let body: Value = retried.json().await.expect("JSON body");
+    assert_eq!(body["accepted"], 1, "the retry was taken for a duplicate of a lost message: {body}");
+    server.stop().await;
+
+    let stored = read_dump_lines(&dump_dir);
+    let key = identity(&serde_json::from_str(&line).expect("corpus line"));
+    let copies = stored
+        .iter()
+        .filter(|stored| identity(&serde_json::from_str(stored).expect("dump line is JSON")) == key)
+        .count();
+    assert_eq!(copies, 1, "stored {copies} copies of the retried message");
+    drop(mount);
+}

@@ -273,6 +273,11 @@ async fn conditional_and_head_requests() {
     assert_eq!(since.status, 304);
     let other_tag = get(server.http, &target, &[("If-None-Match", "\"other\"")]).await;
     assert_eq!(other_tag.status, 200);
+    // RFC 9110 section 13.1.3: If-Modified-Since is ignored when If-None-Match is present.
+    let both = [("If-None-Match", "\"other\""), ("If-Modified-Since", last_modified.as_str())];
+    let tag_miss_with_date = get(server.http, &target, &both).await;
+    assert_eq!(tag_miss_with_date.status, 200);
+    assert_eq!(tag_miss_with_date.body, whole);
 
     let current = get(server.http, &target, &[("Range", "bytes=0-3"), ("If-Range", &etag)]).await;
     assert_eq!(current.status, 206);
@@ -281,6 +286,21 @@ async fn conditional_and_head_requests() {
     let stale = get(server.http, &target, &[("Range", "bytes=0-3"), ("If-Range", "\"stale\"")]).await;
     assert_eq!(stale.status, 200);
     assert_eq!(stale.body, whole);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txt_with_gz_is_not_listed() {
+    let (mut server, name, _whole) = server_with_closed_file().await;
+    // The state between the rename of the `.txt.gz` and the removal of its `.txt`.
+    let plain = name.strip_suffix(".gz").expect("compressed name").to_owned();
+    std::fs::write(server.dump_dir().join("own").join(&plain), b"{\"a\":1}\n").expect(".txt written");
+
+    let listed: Vec<String> = index(&server).await.iter().map(|file| file["name"].as_str().expect("name").to_owned()).collect();
+    assert!(listed.contains(&name), "{listed:?}");
+    assert!(!listed.contains(&plain), "{listed:?}");
+    let page = String::from_utf8(get(server.http, "/dump/", &[]).await.body).expect("UTF-8");
+    assert!(!page.contains(&format!("\"{plain}\"")), "{page}");
     server.stop().await;
 }
 
@@ -504,6 +524,29 @@ async fn import_replays_multi_member_gzip() {
         let message: Value = serde_json::from_str(line).expect("corpus line");
         assert!(counts.contains_key(&identity(&message)), "missing {line}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_waits_for_final_newline() {
+    let mut server = TestServer::start_with(&[("dump.import.poll_secs", "1")]).await;
+    let lines = corpus_lines();
+    let (last, torn) = lines[2].split_at(lines[2].len() / 2);
+    let start = format!("{}\n{}\n{last}", lines[0], lines[1]);
+    let dropped = drop_for_import(server.dump_dir(), "paused.txt", start.as_bytes());
+
+    // Three poll intervals: two scans with the same size and time would take the file.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let import = &server.status().await["dump"]["import"];
+    assert_eq!(import["lines_imported"], 0, "a file without its final newline was imported: {import}");
+    assert!(dropped.exists(), "the file left import/ before its copy finished");
+
+    let mut file = std::fs::OpenOptions::new().append(true).open(&dropped).expect("import file opens");
+    file.write_all(format!("{torn}\n").as_bytes()).expect("rest of the file written");
+    drop(file);
+    let status = wait_for_status(&server, "the finished file imported", |status| status["dump"]["import"]["files_done"] == 1).await;
+    assert_eq!(status["dump"]["import"]["lines_imported"], 3, "{status}");
+    assert_eq!(status["dump"]["import"]["bad_lines"], 0, "{status}");
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

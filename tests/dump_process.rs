@@ -346,3 +346,85 @@ fn verify_flags_each_kind_of_damage() {
     let (ok, report) = verify(dir.path());
     assert!(ok, "intact files failed:\n{report}");
 }
+
+/// A second server on the same `dump.dir` must not start: its start-up repair would
+/// compress and remove the first server's open file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_server_on_same_dir_exits() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = Server::start(dir.path(), "batch");
+    let line = corpus_lines()[0].clone();
+    let pushed = reqwest::Client::new()
+        .post(format!("http://{}/api/push.json", first.http))
+        .header("content-type", "application/json")
+        .body(line.clone())
+        .send()
+        .await
+        .expect("push sent");
+    assert_eq!(pushed.status(), 200);
+
+    let mut second = Command::new(env!("CARGO_BIN_EXE_lokstream"))
+        .args(["--config", "/dev/null"])
+        .args(["--set", "bind.address=127.0.0.1", "--set", "port.http=0"])
+        .args(["--set", "mqtt.port=0", "--set", "mqtt.ws.port=0"])
+        .args(["--set", &format!("dump.dir={}", dir.path().display())])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("second lokstream runs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(status) = second.try_wait().expect("child status") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            second.kill().expect("SIGKILL sent");
+            second.wait().expect("child reaped");
+            panic!("the second server kept running on a directory in use");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().expect("stderr piped"), &mut stderr).expect("stderr read");
+    assert!(!exit.success(), "the second server exited with success: {stderr}");
+    assert!(stderr.contains("in use by another lokstream process"), "{stderr}");
+    assert!(stderr.contains(&dir.path().display().to_string()), "the error does not name the directory: {stderr}");
+
+    first.terminate();
+    let stored = read_dump_lines(dir.path());
+    assert_eq!(stored.len(), 1, "the first server's line was lost: {stored:?}");
+}
+
+#[test]
+fn verify_rejects_gz_that_is_not_gzip() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("a_empty.txt.gz"), b"").expect("file written");
+    std::fs::write(dir.path().join("b_plain.txt.gz"), b"{\"a\":1}\n").expect("file written");
+
+    let (ok, report) = verify(dir.path());
+
+    assert!(!ok, "files that are not gzip passed:\n{report}");
+    for name in ["a_empty.txt.gz", "b_plain.txt.gz"] {
+        let line = report.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("{name} not reported:\n{report}"));
+        assert!(line.contains("not gzip"), "{name}: {line}");
+    }
+}
+
+#[test]
+fn verify_of_empty_dir_fails() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("own")).expect("own/ created");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_lokstream"))
+        .args(["dump", "verify"])
+        .arg(dir.path())
+        .output()
+        .expect("lokstream dump verify runs");
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "verify of a folder without dump files succeeded: {stderr}");
+    assert!(stderr.contains("nothing was checked"), "{stderr}");
+    assert!(stderr.contains("own"), "the message does not point to own/: {stderr}");
+}

@@ -2,14 +2,16 @@
 //! A `.txt.gz` appears only after it was written in full under a `.tmp` name, fsynced
 //! and renamed, and the `.txt` is removed only after that, so a crash at any step leaves
 //! at least one complete copy of every line. The same pass computes the file's facts for
-//! the index, and retention runs after each file and once an hour.
+//! the index, and retention runs after each file and once an hour. A failed compression
+//! is retried after `RETRY_DELAY`, until it succeeds, the `.txt` is gone or shutdown.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -23,6 +25,10 @@ use super::DumpStatus;
 /// Interval of the retention pass while no file is rotated, so that `dump.retain.days`
 /// also deletes files on a server that receives nothing.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Wait before a failed compression runs again. A full disk or a broken directory is
+/// rarely fixed within seconds, and each attempt reads the whole `.txt`.
+pub(super) const RETRY_DELAY: Duration = Duration::from_secs(60);
 
 /// Read buffer for the `.txt`, in bytes.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
@@ -39,19 +45,22 @@ pub(super) struct Compressor {
 }
 
 impl Compressor {
-    pub(super) fn start(status: Arc<StatusCell<DumpStatus>>, retention: Retention) -> io::Result<Self> {
+    pub(super) fn start(
+        status: Arc<StatusCell<DumpStatus>>,
+        retention: Retention,
+        retry_delay: Duration,
+    ) -> io::Result<Self> {
         let (queue, files) = mpsc::channel::<PathBuf>();
         let worker = std::thread::Builder::new()
             .name("dump-compress".into())
-            .spawn(move || loop {
-                match files.recv_timeout(RETENTION_INTERVAL) {
-                    Ok(path) => {
-                        compress_and_count(&path, &status);
-                        retention.apply();
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => retention.apply(),
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                }
+            .spawn(move || {
+                let mut worker = Worker {
+                    status,
+                    retention,
+                    retry_delay,
+                    retries: Vec::new(),
+                };
+                worker.run(&files);
             })?;
 
         Ok(Self {
@@ -91,15 +100,69 @@ impl Drop for Compressor {
     }
 }
 
-fn compress_and_count(txt: &Path, status: &StatusCell<DumpStatus>) {
-    match compress_file(txt) {
-        Ok(gz_bytes) => {
-            status.update(|s| s.compressions += 1);
-            tracing::info!(file = %txt.display(), gz_bytes, "dump file compressed");
+/// The state of the compression thread.
+struct Worker {
+    status: Arc<StatusCell<DumpStatus>>,
+    retention: Retention,
+    retry_delay: Duration,
+    /// Files whose compression failed, with the time of the next attempt, oldest first.
+    retries: Vec<(PathBuf, Instant)>,
+}
+
+impl Worker {
+    /// Compresses queued files and due retries until the queue closes. Files still waiting
+    /// for a retry then stay `.txt`; start-up repair compresses them at the next start.
+    fn run(&mut self, files: &mpsc::Receiver<PathBuf>) {
+        loop {
+            match files.recv_timeout(self.next_wait()) {
+                Ok(path) => {
+                    self.compress_and_count(path);
+                    self.retention.apply();
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.retry_due();
+                    self.retention.apply();
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
         }
-        Err(error) => {
-            status.update(|s| s.compression_errors += 1);
-            tracing::error!(file = %txt.display(), %error, "dump compression failed; the .txt file is kept");
+    }
+
+    fn next_wait(&self) -> Duration {
+        let until_retry = self.retries.first().map(|(_, due)| due.saturating_duration_since(Instant::now()));
+        until_retry.map_or(RETENTION_INTERVAL, |wait| wait.min(RETENTION_INTERVAL))
+    }
+
+    fn retry_due(&mut self) {
+        let now = Instant::now();
+        let due_count = self.retries.iter().take_while(|(_, due)| *due <= now).count();
+        let due: Vec<(PathBuf, Instant)> = self.retries.drain(..due_count).collect();
+        for (path, _) in due {
+            if !path.exists() {
+                tracing::info!(file = %path.display(), "dump file waiting for a compression retry is gone");
+                continue;
+            }
+            tracing::info!(file = %path.display(), "retrying dump compression");
+            self.compress_and_count(path);
+        }
+    }
+
+    fn compress_and_count(&mut self, txt: PathBuf) {
+        match compress_file(&txt) {
+            Ok(gz_bytes) => {
+                self.status.update(|s| s.compressions += 1);
+                tracing::info!(file = %txt.display(), gz_bytes, "dump file compressed");
+            }
+            Err(error) => {
+                self.status.update(|s| s.compression_errors += 1);
+                tracing::error!(
+                    file = %txt.display(),
+                    %error,
+                    retry_secs = self.retry_delay.as_secs(),
+                    "dump compression failed; the .txt file is kept and compressed again later"
+                );
+                self.retries.push((txt, Instant::now() + self.retry_delay));
+            }
         }
     }
 }
@@ -140,10 +203,18 @@ pub fn compress_file(txt: &Path) -> io::Result<u64> {
 }
 
 /// Writes the gzip of `txt` to `temp` and fsyncs it, counting lines on the way in and
-/// hashing the compressed bytes on the way out.
+/// hashing the compressed bytes on the way out. Neither file is opened through a symlink,
+/// so a link planted in `own/` cannot make it read or overwrite a file elsewhere.
 fn write_compressed(txt: &Path, temp: &Path) -> io::Result<FileFacts> {
-    let mut source = BufReader::with_capacity(READ_BUFFER_BYTES, File::open(txt)?);
-    let target = HashingWriter::new(BufWriter::new(File::create(temp)?));
+    let source = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(txt)?;
+    let mut source = BufReader::with_capacity(READ_BUFFER_BYTES, source);
+    let target = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(temp)?;
+    let target = HashingWriter::new(BufWriter::new(target));
     let mut encoder = GzEncoder::new(target, Compression::new(GZIP_LEVEL));
 
     let mut tally = LineTally::default();

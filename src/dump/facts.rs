@@ -171,18 +171,22 @@ pub(super) fn remove(own: &Path, name: &str) {
     }
 }
 
-/// Reads a compressed dump file whole and computes its facts.
+/// Reads a compressed dump file whole and computes its facts. A file that is not gzip, or
+/// whose gzip is damaged, fails with `InvalidData`, `InvalidInput` or `UnexpectedEof`.
 pub(super) fn scan_compressed(path: &Path) -> io::Result<FileFacts> {
     let bytes = fs::metadata(path)?.len();
     let mut hashing = HashingReader::new(File::open(path)?);
     let mut tally = LineTally::default();
-    lines::for_each_line(&mut hashing, |line| {
+    let ending = lines::for_each_line(&mut hashing, |line| {
         match line {
             Line::Whole(bytes) => tally.add(bytes),
             Line::TooLong => tally.lines += 1,
         }
         Ok(())
     })?;
+    if !ending.gzip {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, super::verify::NOT_GZIP));
+    }
     let sha256 = hashing.finish()?;
     Ok(tally.into_facts(bytes, sha256))
 }
@@ -215,6 +219,7 @@ fn rebuild_missing(own: &Path) {
         }
         match rebuild_one(own, &file.name) {
             Ok(()) => rebuilt += 1,
+            Err(error) if is_damage(&error) => set_aside_damaged(own, &file.name, &error),
             Err(error) => {
                 tracing::error!(file = %file.name, %error, "computing dump file facts failed; `lokstream dump verify` checks the file");
             }
@@ -222,6 +227,29 @@ fn rebuild_missing(own: &Path) {
     }
     if rebuilt > 0 {
         tracing::info!(files = rebuilt, "dump file facts rebuilt");
+    }
+}
+
+/// Tells whether a scan failed on the content of the file rather than on reading it.
+fn is_damage(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput | io::ErrorKind::UnexpectedEof
+    )
+}
+
+/// Moves a damaged `.txt.gz` to `damaged/` next to `own/`, so it is neither listed nor
+/// served with facts that describe the damage. When the move fails, it stays listed
+/// without facts.
+fn set_aside_damaged(own: &Path, name: &str, damage: &io::Error) {
+    let Some(dump_dir) = own.parent() else {
+        return;
+    };
+    let damaged = dump_dir.join(names::DAMAGED_DIR);
+    let moved = fs::create_dir_all(&damaged).and_then(|()| fs::rename(own.join(name), damaged.join(name)));
+    match moved {
+        Ok(()) => tracing::error!(file = name, %damage, moved_to = %damaged.display(), "set aside a damaged dump file; its facts are not rebuilt"),
+        Err(error) => tracing::error!(file = name, %damage, %error, "could not set aside a damaged dump file; it stays listed without facts"),
     }
 }
 

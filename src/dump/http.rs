@@ -3,6 +3,7 @@
 //! with a dump file name are reachable; every other path under `/dump/` is a JSON 404.
 
 use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -248,6 +249,11 @@ async fn download(
         if if_none_match_hits(request.headers(), tag) {
             return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, tag.clone())]).into_response());
         }
+        // RFC 9110 section 13.1.3: with `If-None-Match` present, `If-Modified-Since` is
+        // ignored, but `ServeFile` evaluates it, so it is removed after a miss.
+        if request.headers().contains_key(header::IF_NONE_MATCH) {
+            request.headers_mut().remove(header::IF_MODIFIED_SINCE);
+        }
         if if_range_fails(request.headers(), tag, &metadata) {
             request.headers_mut().remove(header::RANGE);
         }
@@ -256,10 +262,15 @@ async fn download(
         return Ok(set_file_headers(unsatisfiable, &name, entity_tag));
     }
 
-    let served = match ServeFile::new(&path).oneshot(request).await {
+    // `ServeFile` opens by path, so it is handed the file this handler opened and checked.
+    let Some(opened) = open_checked(&path, &metadata).await? else {
+        return Err(DumpHttpError::NotFound(format!("/dump/{name}")));
+    };
+    let served = match ServeFile::new(opened.proc_path()).oneshot(request).await {
         Ok(response) => response.map(Body::new),
         Err(never) => match never {},
     };
+    drop(opened);
     // The file was removed after the check, as a `.txt` is right after its compression.
     if served.status() == StatusCode::NOT_FOUND {
         return Err(DumpHttpError::NotFound(format!("/dump/{name}")));
@@ -267,6 +278,62 @@ async fn download(
 
     let response = set_file_headers(served, &name, entity_tag);
     Ok(cap_body_at_content_length(response))
+}
+
+/// A dump file opened without following symlinks.
+struct OpenedFile(std::fs::File);
+
+impl OpenedFile {
+    /// Returns `/proc/self/fd/N`. Opening it reopens this very file, whatever the name in
+    /// `own/` points to by then (Linux `proc(5)`).
+    /// NOTE: without a mounted `/proc`, `ServeFile` finds no file and every download is a 404.
+    fn proc_path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", self.0.as_raw_fd()))
+    }
+}
+
+/// Opens `path` with `O_NOFOLLOW` and returns it only when it is still the regular file
+/// that `checked` describes (same device and inode). An entry swapped for a symlink or
+/// another file between the check and the open is therefore not served.
+async fn open_checked(path: &FsPath, checked: &Metadata) -> Result<Option<OpenedFile>, DumpHttpError> {
+    let path = path.to_path_buf();
+    let identity = (checked.dev(), checked.ino());
+    let opened = tokio::task::spawn_blocking(move || open_same_file(&path, identity)).await;
+
+    match opened {
+        Ok(Ok(file)) => Ok(file.map(OpenedFile)),
+        Ok(Err(error)) => {
+            tracing::error!(%error, "opening a dump file failed");
+            Err(DumpHttpError::Internal)
+        }
+        Err(error) => {
+            tracing::error!(%error, "opening a dump file panicked");
+            Err(DumpHttpError::Internal)
+        }
+    }
+}
+
+/// Opens `path` without following a symlink; `None` when it is gone, a symlink, not a
+/// regular file, or not the file with `identity` (device, inode).
+pub(super) fn open_same_file(path: &FsPath, identity: (u64, u64)) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let file = match opened {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // `O_NOFOLLOW` fails with ELOOP on a symlink.
+        Err(error) if error.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+        Err(error) => return Err(error),
+    };
+
+    let metadata = file.metadata()?;
+    let same = metadata.file_type().is_file() && (metadata.dev(), metadata.ino()) == identity;
+    Ok(same.then_some(file))
 }
 
 async fn file_metadata(own: &Arc<PathBuf>, name: &str) -> Result<Option<Metadata>, DumpHttpError> {

@@ -338,3 +338,25 @@ async fn body_limit_cuts_growing_file() {
 
     assert_eq!(to_bytes(limited, usize::MAX).await.expect("body read").as_ref(), b"0123");
 }
+
+#[test]
+fn open_rejects_entry_swapped_for_symlink() {
+    use std::os::unix::fs::MetadataExt;
+
+    let temp = tempfile::tempdir().expect("temp dir");
+    let path = temp.path().join(NEW_TXT);
+    fs::write(&path, NEW_LINES).expect("dump file written");
+    let checked = fs::symlink_metadata(&path).expect("metadata");
+    let identity = (checked.dev(), checked.ino());
+    assert!(super::http::open_same_file(&path, identity).expect("open").is_some());
+
+    // The same inode behind a symlink, and another file under the checked name.
+    let moved = temp.path().join("moved.txt");
+    fs::rename(&path, &moved).expect("file moved");
+    std::os::unix::fs::symlink(&moved, &path).expect("symlink created");
+    assert!(super::http::open_same_file(&path, identity).expect("open").is_none(), "served through a symlink");
+
+    fs::remove_file(&path).expect("symlink removed");
+    fs::write(&path, OLD_LINES).expect("other file written");
+    assert!(super::http::open_same_file(&path, identity).expect("open").is_none(), "served another file");
+}

@@ -3,7 +3,9 @@
 //! then moved to `imported/`. Deduplication applies as for any other ingest.
 //!
 //! A file is taken only once its size and modification time stayed the same across two
-//! scans, so a file still being copied in waits. Progress is kept in a hidden marker
+//! scans, so a file still being copied in waits. A plain file whose last line has no
+//! newline waits longer, for `INCOMPLETE_QUIET_POLLS` poll intervals without a change,
+//! because a paused copy leaves exactly that. Progress is kept in a hidden marker
 //! `import/.NAME.progress` after each batch is in the dump, so an import cut short by a
 //! shutdown or a write error resumes after the lines already stored.
 
@@ -24,6 +26,10 @@ use crate::publisher::{Origin, PublishError, Publisher};
 
 /// Lines read ahead and published between two progress markers.
 const BATCH_LINES: usize = 256;
+
+/// Poll intervals a plain file without a final newline must stay unmodified before it is
+/// imported anyway, with its last line taken as torn.
+const INCOMPLETE_QUIET_POLLS: u32 = 10;
 
 /// Bad lines logged one by one per file; the rest are counted in the file's summary line.
 const BAD_LINES_LOGGED: u64 = 10;
@@ -124,7 +130,8 @@ impl ImportFolder {
     /// name order, and records this scan in `previous`.
     async fn scan(&self, previous: &mut HashMap<String, (u64, SystemTime)>) -> io::Result<Vec<String>> {
         let dir = self.import_dir.clone();
-        let current = tokio::task::spawn_blocking(move || list_candidates(&dir))
+        let incomplete_quiet = self.poll * INCOMPLETE_QUIET_POLLS;
+        let current = tokio::task::spawn_blocking(move || list_candidates(&dir, incomplete_quiet))
             .await
             .map_err(io::Error::other)??;
 
@@ -149,7 +156,8 @@ impl ImportFolder {
 
         let (batches, mut receiver) = mpsc::channel::<Batch>(2);
         let reader_path = path.clone();
-        let reader = tokio::task::spawn_blocking(move || read_batches(&reader_path, done_before, batches));
+        let max_line_bytes = publisher.message_max_bytes();
+        let reader = tokio::task::spawn_blocking(move || read_batches(&reader_path, done_before, max_line_bytes, batches));
 
         let mut tally = Tally {
             lines: done_before,
@@ -198,7 +206,7 @@ impl ImportFolder {
         for line in batch {
             tally.lines += 1;
             let Some(line) = line else {
-                self.bad_line(name, tally, "the line is longer than the maximum line length");
+                self.bad_line(name, tally, "the line is longer than stream.message.max_bytes");
                 continue;
             };
             if line.trim_ascii().is_empty() {
@@ -215,7 +223,7 @@ impl ImportFolder {
             }
         }
         for outcome in outcomes {
-            publisher.wait_written(outcome).await?;
+            outcome.wait_written().await?;
         }
 
         self.status.update(|s| {
@@ -278,7 +286,9 @@ impl ImportFolder {
 
 /// Lists the regular files of `dir` named `*.txt` or `*.txt.gz` (hidden ones left out)
 /// with their size and modification time.
-fn list_candidates(dir: &Path) -> io::Result<HashMap<String, (u64, SystemTime)>> {
+/// Lists the importable files with their size and modification time, leaving out a plain
+/// file without a final newline that changed less than `incomplete_quiet` ago.
+fn list_candidates(dir: &Path, incomplete_quiet: Duration) -> io::Result<HashMap<String, (u64, SystemTime)>> {
     let mut found = HashMap::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -287,21 +297,51 @@ fn list_candidates(dir: &Path) -> io::Result<HashMap<String, (u64, SystemTime)>>
         };
         let importable = (name.ends_with(".txt") || name.ends_with(".txt.gz")) && !name.starts_with('.');
         let metadata = entry.metadata()?;
-        if importable && metadata.is_file() {
-            found.insert(name, (metadata.len(), metadata.modified()?));
+        if !importable || !metadata.is_file() {
+            continue;
         }
+
+        let modified = metadata.modified()?;
+        let quiet_for = SystemTime::now().duration_since(modified).unwrap_or(Duration::ZERO);
+        if quiet_for < incomplete_quiet && !looks_complete(&entry.path())? {
+            tracing::debug!(file = %name, "import file has no final newline yet; waiting");
+            continue;
+        }
+        found.insert(name, (metadata.len(), modified));
     }
     Ok(found)
 }
 
+/// Tells whether a plain file is empty or ends with `\n`. A gzip file counts as complete,
+/// because its decoder reports a member cut short.
+fn looks_complete(path: &Path) -> io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+
+    let mut file = File::open(path)?;
+    let mut head = Vec::with_capacity(2);
+    (&mut file).take(2).read_to_end(&mut head)?;
+    if head == lines::GZIP_MAGIC {
+        return Ok(true);
+    }
+    if file.seek(SeekFrom::End(0))? == 0 {
+        return Ok(true);
+    }
+
+    let mut last = [0u8; 1];
+    file.seek(SeekFrom::End(-1))?;
+    file.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
+}
+
 /// Reads `path` on a blocking thread and sends its lines in batches, after skipping the
-/// first `skip` lines. Ends early, without error, when the receiver is gone.
-fn read_batches(path: &Path, skip: u64, batches: mpsc::Sender<Batch>) -> io::Result<Ending> {
+/// first `skip` lines. A line longer than `max_line_bytes` is sent as `None` without being
+/// buffered whole. Ends early, without error, when the receiver is gone.
+fn read_batches(path: &Path, skip: u64, max_line_bytes: usize, batches: mpsc::Sender<Batch>) -> io::Result<Ending> {
     let mut seen = 0u64;
     let mut batch: Batch = Vec::with_capacity(BATCH_LINES);
     let receiver_gone = || io::Error::new(io::ErrorKind::Interrupted, "import stopped");
 
-    let result = lines::for_each_line(File::open(path)?, |line| {
+    let result = lines::for_each_line_up_to(File::open(path)?, max_line_bytes, |line| {
         seen += 1;
         if seen <= skip {
             return Ok(());

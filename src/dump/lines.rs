@@ -7,7 +7,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use flate2::bufread::MultiGzDecoder;
 
 /// Magic bytes that open every gzip member (RFC 1952).
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+pub(super) const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// Read buffer, in bytes.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -19,7 +19,7 @@ pub(super) const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 /// One line, without its `\n` (and without a `\r` before it).
 pub(super) enum Line<'a> {
     Whole(&'a [u8]),
-    /// A line longer than `MAX_LINE_BYTES`; its bytes were skipped.
+    /// A line longer than the maximum line length; its bytes were skipped, not buffered.
     TooLong,
 }
 
@@ -34,8 +34,15 @@ pub(super) struct Ending {
 /// Calls `each` with every line of `source` in order, stopping at the first error `each`
 /// returns. A gzip source fails with `InvalidData` or `UnexpectedEof` on a bad CRC, a bad
 /// length or a truncated member.
-pub(super) fn for_each_line(
+pub(super) fn for_each_line(source: impl Read, each: impl FnMut(Line<'_>) -> io::Result<()>) -> io::Result<Ending> {
+    for_each_line_up_to(source, MAX_LINE_BYTES, each)
+}
+
+/// Works as `for_each_line`, with lines longer than `max_line_bytes` passed on as
+/// `Line::TooLong`. At most `max_line_bytes` + 2 bytes of a line are buffered.
+pub(super) fn for_each_line_up_to(
     source: impl Read,
+    max_line_bytes: usize,
     mut each: impl FnMut(Line<'_>) -> io::Result<()>,
 ) -> io::Result<Ending> {
     let mut buffered = BufReader::with_capacity(READ_BUFFER_BYTES, source);
@@ -43,25 +50,29 @@ pub(super) fn for_each_line(
 
     let unterminated = if gzip {
         let decoder = MultiGzDecoder::new(buffered);
-        read_lines(BufReader::with_capacity(READ_BUFFER_BYTES, decoder), &mut each)?
+        read_lines(BufReader::with_capacity(READ_BUFFER_BYTES, decoder), max_line_bytes, &mut each)?
     } else {
-        read_lines(buffered, &mut each)?
+        read_lines(buffered, max_line_bytes, &mut each)?
     };
     Ok(Ending { gzip, unterminated })
 }
 
 /// Returns whether the last line lacked its `\n`.
-fn read_lines(mut reader: impl BufRead, each: &mut impl FnMut(Line<'_>) -> io::Result<()>) -> io::Result<bool> {
+fn read_lines(
+    mut reader: impl BufRead,
+    max_line_bytes: usize,
+    each: &mut impl FnMut(Line<'_>) -> io::Result<()>,
+) -> io::Result<bool> {
     let mut line = Vec::new();
     loop {
         line.clear();
-        let read = (&mut reader).take(MAX_LINE_BYTES as u64 + 2).read_until(b'\n', &mut line)?;
+        let read = (&mut reader).take(max_line_bytes as u64 + 2).read_until(b'\n', &mut line)?;
         if read == 0 {
             return Ok(false);
         }
 
         let terminated = line.last() == Some(&b'\n');
-        if !terminated && line.len() > MAX_LINE_BYTES {
+        if !terminated && line.len() > max_line_bytes {
             skip_rest_of_line(&mut reader)?;
             each(Line::TooLong)?;
             continue;
@@ -114,6 +125,24 @@ mod tests {
         })
         .expect("readable");
         (lines, ending)
+    }
+
+    #[test]
+    fn line_over_given_max_is_skipped() {
+        let long = "x".repeat(1000);
+        let source = format!("{{}}\n{long}\n{{\"a\":1}}\n");
+        let mut lines = Vec::new();
+
+        for_each_line_up_to(source.as_bytes(), 100, |line| {
+            lines.push(match line {
+                Line::Whole(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                Line::TooLong => "<too long>".to_owned(),
+            });
+            Ok(())
+        })
+        .expect("readable");
+
+        assert_eq!(lines, ["{}", "<too long>", "{\"a\":1}"]);
     }
 
     fn gzip_member(text: &str) -> Vec<u8> {

@@ -1,6 +1,7 @@
 //! The dump files in `own/` that may be listed and downloaded: regular files (not
 //! symlinks) whose names pass `names::is_dump_file_name`, which leaves out `.tmp` files.
 
+use std::collections::HashSet;
 use std::fs::{self, Metadata};
 use std::io;
 use std::path::Path;
@@ -17,7 +18,7 @@ pub(super) struct DumpFile {
     pub(super) compressed: bool,
 }
 
-/// Lists the dump files in `own`, newest first. A missing `own` is an empty listing,
+/// Lists the dump files in `own`, newest first, leaving out a `.txt` whose `.txt.gz` exists. A missing `own` is an empty listing,
 /// because a writer with writing disabled does not create it.
 pub(super) fn list_files(own: &Path) -> io::Result<Vec<DumpFile>> {
     let entries = match fs::read_dir(own) {
@@ -44,6 +45,11 @@ pub(super) fn list_files(own: &Path) -> io::Result<Vec<DumpFile>> {
             name,
         });
     }
+
+    // Between the rename of its `.txt.gz` into place and its own removal, a `.txt` has
+    // the same lines as its `.txt.gz`, so only the `.txt.gz` is listed.
+    let compressed: HashSet<String> = files.iter().filter(|file| file.compressed).map(|file| file.name.clone()).collect();
+    files.retain(|file| file.compressed || !compressed.contains(&names::compressed_name(&file.name)));
 
     files.sort_by(|a, b| b.modified.cmp(&a.modified).then_with(|| b.name.cmp(&a.name)));
     Ok(files)

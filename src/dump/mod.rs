@@ -77,6 +77,13 @@ pub enum FsyncPolicy {
 pub enum DumpError {
     #[error("dump writer stopped")]
     Stopped,
+    #[error(
+        "dump directory {} is in use by another lokstream process (it holds the lock on {}); \
+         stop that process or set another dump.dir",
+        dir.display(),
+        lock.display()
+    )]
+    Locked { dir: PathBuf, lock: PathBuf },
     #[error("dump write failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -111,7 +118,7 @@ pub struct DumpStatus {
     pub write_errors: u64,
     /// Message of the latest write error; it stays after the writer recovers.
     pub last_error: Option<String>,
-    /// Rotated files that could not be compressed and stay `.txt`.
+    /// Failed compression attempts. The file stays `.txt` and is compressed again later.
     pub compression_errors: u64,
     /// Committed lines in the file being written.
     pub current_lines: u64,
@@ -189,6 +196,7 @@ impl DumpWriter {
         for sub in [OWN_DIR, IMPORT_DIR, IMPORTED_DIR] {
             std::fs::create_dir_all(config.dir.join(sub))?;
         }
+        let lock = lock_dump_dir(&config.dir)?;
         let leftovers = repair::repair_own_dir(&config.dir)?;
 
         let status = DumpStatus {
@@ -202,7 +210,7 @@ impl DumpWriter {
         let status = Arc::clone(&writer.inner.status);
 
         let retention = Retention::new(config, Arc::clone(&status));
-        let compressor = Compressor::start(Arc::clone(&status), retention.clone())?;
+        let compressor = Compressor::start(Arc::clone(&status), retention.clone(), compress::RETRY_DELAY)?;
         for leftover in leftovers {
             compressor.submit(leftover);
         }
@@ -213,7 +221,7 @@ impl DumpWriter {
             rotate_bytes: config.rotate_bytes,
             fsync: config.fsync,
         };
-        writer::spawn(settings, clock, status, compressor, queue, stopped_sender)?;
+        writer::spawn(settings, clock, status, compressor, queue, stopped_sender, lock)?;
 
         tracing::info!(
             dir = %config.dir.display(),
@@ -325,6 +333,25 @@ impl DumpWriter {
     // The state is replaced in one assignment, so a poisoned lock still holds a valid value.
     fn lock_state(&self) -> MutexGuard<'_, WriterState> {
         self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Name of the lock file in `dump.dir`.
+const LOCK_FILE_NAME: &str = ".lock";
+
+/// Takes an exclusive `flock` on `dump_dir/.lock`. The lock ends when the returned file is
+/// closed, also when the process dies, so a crash never leaves a stale lock. Without it, a
+/// second server's start-up repair would compress and remove the first one's open file.
+fn lock_dump_dir(dump_dir: &std::path::Path) -> Result<std::fs::File, DumpError> {
+    let path = dump_dir.join(LOCK_FILE_NAME);
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DumpError::Locked {
+            dir: dump_dir.to_path_buf(),
+            lock: path,
+        }),
+        Err(std::fs::TryLockError::Error(error)) => Err(error.into()),
     }
 }
 

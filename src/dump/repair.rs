@@ -5,9 +5,12 @@
 //! `.txt.gz` exists was compressed and renamed before the crash, so it is removed. A
 //! `.tmp` left by an interrupted compression is removed when its `.txt` exists, because
 //! the compression reruns. Otherwise it is set aside in `damaged/`, which is never served.
+//! An entry named like a dump file that is not a regular file (a symlink or a directory)
+//! is set aside in `damaged/` too and never opened, so repair writes only inside `own/`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::compress::sync_dir;
@@ -29,6 +32,17 @@ pub(super) fn repair_own_dir(dump_dir: &Path) -> io::Result<Vec<PathBuf>> {
     }
     entries.sort();
 
+    let mut regular = Vec::with_capacity(entries.len());
+    for name in entries {
+        let is_ours = names::is_dump_file_name(&name) || names::plain_name_of_temp(&name).is_some();
+        if is_ours && !is_regular_file(&own, &name)? {
+            set_aside_non_regular(dump_dir, &own, &name);
+            continue;
+        }
+        regular.push(name);
+    }
+    let entries = regular;
+
     for name in &entries {
         if let Some(plain) = names::plain_name_of_temp(name) {
             repair_temp(dump_dir, &own, name, plain)?;
@@ -49,6 +63,49 @@ pub(super) fn repair_own_dir(dump_dir: &Path) -> io::Result<Vec<PathBuf>> {
     }
     sync_dir(&own)?;
     Ok(leftovers)
+}
+
+/// Tells whether `own/name` is a regular file, without following a symlink. An entry
+/// removed meanwhile counts as regular, because the repair steps handle a missing file.
+fn is_regular_file(own: &Path, name: &str) -> io::Result<bool> {
+    match fs::symlink_metadata(own.join(name)) {
+        Ok(metadata) => Ok(metadata.file_type().is_file()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(error) => Err(error),
+    }
+}
+
+/// Moves an entry that is not a regular file into `damaged/`. A failure is logged and
+/// does not stop start-up, because the entry is never opened, listed or served.
+fn set_aside_non_regular(dump_dir: &Path, own: &Path, name: &str) {
+    let damaged = dump_dir.join(DAMAGED_DIR);
+    let moved = fs::create_dir_all(&damaged).and_then(|()| {
+        let target = unused_path(&damaged, name);
+        fs::rename(own.join(name), &target).map(|()| target)
+    });
+    match moved {
+        Ok(target) => tracing::warn!(
+            file = %name,
+            moved_to = %target.display(),
+            "set aside an entry named like a dump file that is not a regular file"
+        ),
+        Err(error) => tracing::error!(
+            file = %name,
+            %error,
+            "could not set aside an entry named like a dump file that is not a regular file; it is skipped"
+        ),
+    }
+}
+
+/// Returns `dir/name`, or `dir/name.N` with the first N that is not taken.
+fn unused_path(dir: &Path, name: &str) -> PathBuf {
+    let mut path = dir.join(name);
+    let mut number = 1u32;
+    while fs::symlink_metadata(&path).is_ok() {
+        path = dir.join(format!("{name}.{number}"));
+        number += 1;
+    }
+    path
 }
 
 fn repair_temp(dump_dir: &Path, own: &Path, name: &str, plain: &str) -> io::Result<()> {
@@ -94,9 +151,13 @@ fn repair_plain(own: &Path, name: &str) -> io::Result<Option<PathBuf>> {
 }
 
 /// Cuts the file after its last `\n` and fsyncs it when anything was cut. Returns the
-/// bytes kept and the bytes cut.
+/// bytes kept and the bytes cut. A symlink fails to open, so nothing outside `own/` is cut.
 pub(super) fn cut_torn_line(path: &Path) -> io::Result<(u64, u64)> {
-    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
     let length = file.metadata()?.len();
     let kept = length_through_last_newline(&mut file, length)?;
     if kept == length {

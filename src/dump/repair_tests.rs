@@ -178,3 +178,53 @@ async fn retention_deletes_oldest_closed_files_at_start() {
     assert!(own.join(&names[3]).exists(), "the newest file was deleted");
     assert_eq!(writer.status().files_deleted, 2);
 }
+
+#[tokio::test]
+async fn non_regular_entries_are_set_aside() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let own = own(temp.path());
+    fs::create_dir_all(&own).expect("own/ created");
+    let outside = temp.path().join("outside.txt");
+    let outside_text = "{\"secret\":1}\n{\"torn\":";
+    fs::write(&outside, outside_text).expect("outside file written");
+    let link = "messages_20240501_00000002.txt";
+    let dangling = "messages_20240501_00000003.txt";
+    let directory = "messages_20240501_00000004.txt";
+    let temp_link = "messages_20240501_00000005.txt.gz.tmp";
+    std::os::unix::fs::symlink(&outside, own.join(link)).expect("symlink created");
+    std::os::unix::fs::symlink(temp.path().join("missing"), own.join(dangling)).expect("dangling symlink created");
+    fs::create_dir(own.join(directory)).expect("directory created");
+    std::os::unix::fs::symlink(&outside, own.join(temp_link)).expect("temp symlink created");
+
+    let writer = open(&config(temp.path(), 1 << 20));
+    writer.shutdown().await;
+
+    assert_eq!(fs::read_to_string(&outside).expect("outside file"), outside_text, "repair changed a file outside own/");
+    let damaged = temp.path().join("damaged");
+    for name in [link, dangling, directory, temp_link] {
+        assert!(fs::symlink_metadata(own.join(name)).is_err(), "{name} stayed in own/");
+        assert!(fs::symlink_metadata(damaged.join(name)).is_ok(), "{name} is not in damaged/");
+        assert!(!own.join(format!("{name}.gz")).exists(), "{name} was compressed");
+    }
+}
+
+#[tokio::test]
+async fn gz_that_is_not_gzip_is_set_aside() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let own = own(temp.path());
+    fs::create_dir_all(&own).expect("own/ created");
+    let empty = "messages_20240501_00000006.txt.gz";
+    let plain = "messages_20240501_00000007.txt.gz";
+    fs::write(own.join(empty), b"").expect("empty file written");
+    fs::write(own.join(plain), line(1)).expect("plain file written");
+
+    let writer = open(&config(temp.path(), 1 << 20));
+    let damaged = temp.path().join("damaged");
+    eventually("damaged files set aside", || damaged.join(empty).exists() && damaged.join(plain).exists()).await;
+    writer.shutdown().await;
+
+    for name in [empty, plain] {
+        assert!(!own.join(name).exists(), "{name} stayed in own/");
+        assert!(!facts::sidecar_path(&own, name).exists(), "facts were built from {name}");
+    }
+}

@@ -27,7 +27,7 @@ pub(super) struct Retention {
 
 impl Retention {
     pub(super) fn new(config: &DumpConfig, status: Arc<StatusCell<DumpStatus>>) -> Self {
-        let max_age = (config.retain_days > 0).then(|| Duration::from_secs(config.retain_days * SECONDS_PER_DAY));
+        let max_age = (config.retain_days > 0).then(|| max_age_of_days(config.retain_days));
         Self {
             own: own_dir(&config.dir),
             max_bytes: config.retain_bytes,
@@ -66,6 +66,12 @@ impl Retention {
             Err(error) => tracing::error!(file = %file.name, %error, "deleting dump file failed"),
         }
     }
+}
+
+/// Converts `dump.retain.days` to a duration. Config validation caps the days, and the
+/// saturation keeps a `DumpConfig` built elsewhere from wrapping to a short age.
+fn max_age_of_days(days: u64) -> Duration {
+    Duration::from_secs(days.saturating_mul(SECONDS_PER_DAY))
 }
 
 /// Picks the closed files to delete, oldest first, with the limit that selected each.
@@ -136,6 +142,18 @@ mod tests {
         let files = vec![file("current.txt", 5000, 0, now), file("waiting.txt", 5000, 1, now)];
 
         assert!(select_for_deletion(files, 1000, None, now).is_empty());
+    }
+
+    #[test]
+    fn huge_days_limit_deletes_nothing() {
+        let now = SystemTime::now();
+        let files = vec![file("old.txt.gz", 10, 8, now)];
+
+        // Without saturation, these days times 86400 seconds wrap to 61184 seconds, under a day.
+        let days = 213_503_982_334_602;
+        let selected = select_for_deletion(files, 0, Some(max_age_of_days(days)), now);
+
+        assert!(selected.is_empty(), "deleted {:?}", names(&selected));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! `lokstream dump verify`: checks every `.txt` and `.txt.gz` file of a folder, as this
 //! server wrote it or as a researcher downloaded it. A file is damaged when a gzip member
 //! fails its CRC or length check or is cut short, or when a line is not a JSON object. It
-//! is also damaged when the last line has no newline, or when its SHA-256 differs from
-//! its stored facts.
+//! is also damaged when the last line has no newline, when its SHA-256 differs from its
+//! stored facts, or when it is named `.txt.gz` but does not start with the gzip magic bytes
+//! (an empty file included).
 
 use std::fs::{self, File};
 use std::io;
@@ -10,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 use super::facts::{self, HashingReader};
 use super::lines::{self, Line};
+
+/// Damage of a `.txt.gz` that is not gzip.
+pub(super) const NOT_GZIP: &str = "named .txt.gz but not gzip (no gzip magic bytes)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -81,8 +85,10 @@ fn verify_file(dir: &Path, name: String) -> FileCheck {
         Ok(())
     });
 
+    let gzip_expected = check.name.ends_with(".txt.gz");
     check.damage = match ending {
         Err(error) => Some(format!("unreadable after line {}: {error}", check.lines)),
+        Ok(ending) if gzip_expected && !ending.gzip => Some(NOT_GZIP.to_owned()),
         Ok(ending) if ending.unterminated => Some("the last line has no newline (torn write)".to_owned()),
         Ok(_) if check.bad_lines > 0 => Some(format!("{} lines are not JSON objects", check.bad_lines)),
         Ok(_) => checksum_mismatch(dir, &check.name, hashing),

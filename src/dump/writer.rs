@@ -60,7 +60,7 @@ pub(super) struct Settings {
 
 /// Starts the writer thread, which hands rotated files to `compressor`. The thread runs
 /// until every sender of `requests` is dropped, then closes the current file, waits for
-/// pending compressions and sets `stopped` to `true`.
+/// pending compressions, releases `dir_lock` and sets `stopped` to `true`.
 pub(super) fn spawn(
     settings: Settings,
     clock: Arc<dyn Clock>,
@@ -68,6 +68,7 @@ pub(super) fn spawn(
     compressor: Compressor,
     requests: mpsc::Receiver<AppendRequest>,
     stopped: watch::Sender<bool>,
+    dir_lock: File,
 ) -> io::Result<()> {
     // The thread's own runtime only times the wait for requests while writes fail.
     let timer = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
@@ -85,6 +86,8 @@ pub(super) fn spawn(
         .name("dump-writer".into())
         .spawn(move || {
             writer.run(&timer, requests);
+            // Another server may take the directory once this one is done with it.
+            drop(dir_lock);
             stopped.send_replace(true);
         })?;
     Ok(())
@@ -137,6 +140,13 @@ impl CurrentFile {
         self.committed_lines = self.lines;
         Ok(())
     }
+}
+
+/// A file closed in the middle of a request, kept open until the request is done.
+struct RotatedFile {
+    /// Length before the request's first line, which a failed request cuts back to.
+    keep_bytes: u64,
+    file: CurrentFile,
 }
 
 /// The writer thread's next step.
@@ -258,13 +268,33 @@ impl WriterThread {
 
     /// Writes the lines of one request, rotating before any line that belongs in a new
     /// file. A successful rotation commits the requests in `uncommitted`, so it clears it.
-    /// NOTE: when a request spans a rotation and then fails, its lines before the rotation
-    /// stay in the closed file although its `Written` returns the error.
+    /// When the request fails, the files it rotated are cut back to their length before
+    /// its first line, so a failed request leaves none of its lines in any file.
     fn write_request(&mut self, lines: &[Bytes], uncommitted: &mut Vec<usize>) -> io::Result<()> {
+        let mut rotated = Vec::new();
+        let written = self.write_lines(lines, uncommitted, &mut rotated);
+
+        for file in rotated {
+            if written.is_err() {
+                self.cut_rotated(file);
+            } else {
+                self.compressor.submit(file.file.path);
+            }
+        }
+        written
+    }
+
+    fn write_lines(&mut self, lines: &[Bytes], uncommitted: &mut Vec<usize>, rotated: &mut Vec<RotatedFile>) -> io::Result<()> {
+        // Length of the current file before this request's first line; 0 in any file the
+        // request opens.
+        let mut keep_bytes = self.current.as_ref().map_or(0, |file| file.bytes);
         for line in lines {
             let now = self.clock.now();
             if self.rotation_due(now) {
-                self.rotate()?;
+                if let Some(file) = self.rotate()? {
+                    rotated.push(RotatedFile { keep_bytes, file });
+                }
+                keep_bytes = 0;
                 uncommitted.clear();
             }
 
@@ -277,6 +307,28 @@ impl WriterThread {
         Ok(())
     }
 
+    /// Removes the lines of a failed request from a file it rotated, through the open
+    /// handle, then queues what is left for compression. A file with nothing left is removed.
+    fn cut_rotated(&mut self, rotated: RotatedFile) {
+        let RotatedFile { keep_bytes, file } = rotated;
+        let (handle, _empty) = file.out.into_parts();
+        if keep_bytes == 0 {
+            drop(handle);
+            if let Err(error) = fs::remove_file(&file.path) {
+                tracing::warn!(file = %file.name, %error, "could not remove a dump file that contains only lines of a failed append");
+            }
+            return;
+        }
+
+        let cut = handle.set_len(keep_bytes).and_then(|()| handle.sync_all());
+        if let Err(error) = cut {
+            self.record_error(&error);
+            // NOTE: the file keeps the lines of the failed append, so a retry stores them twice.
+            tracing::error!(file = %file.name, %error, "could not cut the lines of a failed append from a rotated dump file");
+        }
+        self.compressor.submit(file.path);
+    }
+
     fn rotation_due(&self, now: DateTime<Utc>) -> bool {
         let Some(file) = &self.current else {
             return false;
@@ -286,10 +338,11 @@ impl WriterThread {
         date_changed || full
     }
 
-    /// Closes the current file with an fsync and queues it for compression.
-    fn rotate(&mut self) -> io::Result<()> {
+    /// Closes the current file with an fsync and returns it; the caller queues it for
+    /// compression once the request that rotated it is done.
+    fn rotate(&mut self) -> io::Result<Option<CurrentFile>> {
         let Some(mut file) = self.current.take() else {
-            return Ok(());
+            return Ok(None);
         };
         if let Err(error) = file.commit(true) {
             self.current = Some(file);
@@ -301,8 +354,7 @@ impl WriterThread {
             s.rotations += 1;
             clear_current(s);
         });
-        self.compressor.submit(file.path);
-        Ok(())
+        Ok(Some(file))
     }
 
     /// Commits the lines written since the last commit. This is the one place where a group

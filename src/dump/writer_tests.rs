@@ -4,6 +4,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{TimeZone, Utc};
@@ -419,4 +420,68 @@ async fn rotate_policy_keeps_lines_at_shutdown() {
 
     let names = own_names(temp.path());
     assert_eq!(read_ids(&own_path(temp.path(), &names[0])), (0..100).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn failed_append_across_rotation_leaves_no_lines() {
+    const ROTATE_BYTES: u64 = 1024;
+
+    let temp = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(TestClock::at(2024, 5, 1, 12, 0, 0));
+    let writer = DumpWriter::open(&config(temp.path(), ROTATE_BYTES), clock).expect("writer opens");
+    writer.append(messages(0..2)).await.expect("queued").wait().await.expect("first lines written");
+
+    // The open file stays writable through its handle, but the file after the rotation
+    // cannot be created, because a plain file is in place of `own/`.
+    let own = temp.path().join("own");
+    let moved = temp.path().join("own.moved");
+    fs::rename(&own, &moved).expect("own/ moved");
+    fs::write(&own, b"not a directory").expect("file in place of own/");
+
+    let failed = writer.append(messages(2..100)).await.expect("queued").wait().await;
+    assert!(matches!(failed, Err(DumpError::Io(_))), "append across a failed rotation succeeded");
+
+    fs::remove_file(&own).expect("file removed");
+    fs::rename(&moved, &own).expect("own/ restored");
+    writer.shutdown().await;
+
+    let names = own_names(temp.path());
+    let mut stored = Vec::new();
+    for name in &names {
+        stored.extend(read_ids(&own_path(temp.path(), name)));
+    }
+    assert_eq!(stored, vec![0, 1], "files: {names:?}");
+}
+
+#[test]
+fn failed_compression_is_retried() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dump_config = config(temp.path(), 1 << 20);
+    let own = temp.path().join("own");
+    fs::create_dir_all(&own).expect("own/ created");
+    let txt = own.join("messages_20240501_12345678.txt");
+    let gz = own.join("messages_20240501_12345678.txt.gz");
+    fs::write(&txt, b"{\"id_str\":\"1\"}\n").expect("txt written");
+    // A directory at the target name makes the final rename fail until it is removed.
+    fs::create_dir(&gz).expect("blocking directory");
+
+    let status = Arc::new(super::status::StatusCell::new(super::DumpStatus::default()));
+    let retention = super::retention::Retention::new(&dump_config, Arc::clone(&status));
+    let mut compressor = compress::Compressor::start(Arc::clone(&status), retention, Duration::from_millis(50)).expect("worker starts");
+    compressor.submit(txt.clone());
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while status.snapshot().compression_errors == 0 {
+        assert!(std::time::Instant::now() < deadline, "the compression never failed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    fs::remove_dir(&gz).expect("blocking directory removed");
+    while !gz.is_file() || txt.exists() {
+        assert!(std::time::Instant::now() < deadline, "the failed compression was not retried");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    compressor.finish();
+
+    assert_eq!(read_text(&gz), "{\"id_str\":\"1\"}\n");
+    assert_eq!(status.snapshot().compressions, 1);
 }
