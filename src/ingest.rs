@@ -18,20 +18,33 @@ pub async fn subscribe(session: &Session, filter: &str) -> Result<(), BrokerErro
     session.subscribe(filter).await.map(drop)
 }
 
-/// Runs until `shutdown` fires or the session ends.
+/// Runs until `shutdown` fires or the session ends. On shutdown it first publishes what
+/// the session already delivered: the broker has acknowledged those messages.
 pub async fn run(
     mut deliveries: mpsc::Receiver<Delivery>,
     publisher: Arc<Publisher>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) {
-    let topic_log = LogLimiter::new(Duration::from_secs(1));
-    let failure_log = LogLimiter::new(Duration::from_secs(1));
+    let ingest = Ingest {
+        publisher,
+        stats,
+        topic_log: LogLimiter::new(Duration::from_secs(1)),
+        failure_log: LogLimiter::new(Duration::from_secs(1)),
+    };
 
     loop {
         let delivery = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => {
+                let mut drained = 0u64;
+                while let Ok(delivery) = deliveries.try_recv() {
+                    ingest.handle(delivery).await;
+                    drained += 1;
+                }
+                tracing::info!(drained, "ingest drained at shutdown");
+                break;
+            }
             delivery = deliveries.recv() => match delivery {
                 Some(delivery) => delivery,
                 None => {
@@ -40,34 +53,49 @@ pub async fn run(
                 }
             },
         };
+        ingest
+            .stats
+            .ingest_queue
+            .store(deliveries.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        ingest.handle(delivery).await;
+    }
+    tracing::info!("ingest loop stopped");
+}
 
-        stats.ingest_queue.store(deliveries.len() as u64, std::sync::atomic::Ordering::Relaxed);
+struct Ingest {
+    publisher: Arc<Publisher>,
+    stats: Arc<Stats>,
+    topic_log: LogLimiter,
+    failure_log: LogLimiter,
+}
+
+impl Ingest {
+    async fn handle(&self, delivery: Delivery) {
         match delivery {
             Delivery::Message { topic, payload, .. } => {
                 let topic = String::from_utf8_lossy(&topic);
                 if let Err(error) = topic::validate_topic(&topic) {
-                    stats.reject(RejectReason::InvalidTopic);
-                    if let Some(suppressed) = topic_log.check() {
+                    self.stats.reject(RejectReason::InvalidTopic);
+                    if let Some(suppressed) = self.topic_log.check() {
                         tracing::warn!(%topic, %error, suppressed, "ingest publish rejected");
                     }
-                    continue;
+                    return;
                 }
                 let origin = Origin::Mqtt { topic: &topic };
-                match publisher.publish(&payload, origin).await {
+                match self.publisher.publish(&payload, origin).await {
                     // Rejections are counted and logged by the publisher.
                     Ok(_) | Err(PublishError::Rejected(_)) => {}
                     Err(error) => {
-                        if let Some(suppressed) = failure_log.check() {
+                        if let Some(suppressed) = self.failure_log.check() {
                             tracing::error!(%error, %topic, suppressed, "ingest publish failed");
                         }
                     }
                 }
             }
             Delivery::Lost { count, .. } => {
-                Stats::add(&stats.broker_messages_lost, count);
+                Stats::add(&self.stats.broker_messages_lost, count);
                 tracing::error!(lost = count, "ingest fell behind and the broker dropped messages");
             }
         }
     }
-    tracing::info!("ingest loop stopped");
 }
