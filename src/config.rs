@@ -501,8 +501,14 @@ fn dump_config(s: &Settings) -> Result<DumpConfig, ConfigError> {
 fn mqtt_config(s: &Settings) -> Result<MqttConfig, ConfigError> {
     let embedded = s.boolean("mqtt.embedded")?;
     let ws_port = s.port("mqtt.ws.port")?;
-    let external_address = BrokerAddress::parse(s.raw("stream.mqtt.address").0)
-        .map_err(|error| s.invalid("stream.mqtt.address", error.reason))?;
+    // The value is not echoed: a user may have written a password into it.
+    let external_address =
+        BrokerAddress::parse(s.raw("stream.mqtt.address").0).map_err(|error| ConfigError::InvalidValue {
+            key: "stream.mqtt.address".to_string(),
+            value: "(not shown)".to_string(),
+            origin: s.raw("stream.mqtt.address").1.to_string(),
+            reason: error.reason,
+        })?;
     let share_group = non_empty(s, "stream.mqtt.share_group")?;
     if share_group.contains(['/', '+', '#']) {
         return Err(s.invalid("stream.mqtt.share_group", "must not contain '/', '+' or '#'"));

@@ -138,7 +138,11 @@ fn has_bearer_token(headers: &HeaderMap, token: &str) -> bool {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|value| {
+            // The scheme name is case-insensitive (RFC 9110 section 11.1).
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
         .unwrap_or("");
     presented.as_bytes().ct_eq(token.as_bytes()).into()
 }
@@ -167,7 +171,13 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn healthz() -> Response {
+/// 200 while the process can serve; 503 when only a restart helps, so a supervisor's
+/// liveness probe restarts it.
+async fn healthz(State(state): State<AppState>) -> Response {
+    if !state.broker.is_alive() {
+        let body = json!({ "status": "failed", "reason": "the embedded broker stopped; restart the process" });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     Json(json!({ "status": "ok" })).into_response()
 }
 

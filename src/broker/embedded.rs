@@ -209,6 +209,11 @@ impl Broker for EmbeddedBroker {
     fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
+
+    /// The local links fail only when the router is gone, and it never comes back.
+    fn is_alive(&self) -> bool {
+        self.is_healthy()
+    }
 }
 
 /// A client id no MQTT client can guess: rumqttd disconnects the older of two connections

@@ -94,4 +94,11 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the broker and every link to it are working.
     fn is_healthy(&self) -> bool;
+
+    /// Whether the broker can still recover by itself; `false` means only a restart of the
+    /// process helps, as after the embedded broker's router died. An external broker's
+    /// outage is waited out, so it stays alive.
+    fn is_alive(&self) -> bool {
+        true
+    }
 }
