@@ -1,11 +1,21 @@
-//! The publish gate: frames the packets a client without the publisher login sends, and
-//! stops the stream at the first byte of a PUBLISH.
+//! The gate: frames the packets a client sends toward the broker. It stops the stream at
+//! the first byte of a PUBLISH from a client without the publisher login, and at a
+//! SUBSCRIBE to a shared subscription from any client.
 //!
-//! It reads only each packet's fixed header (type and remaining length) and never copies or
-//! changes bytes, so everything before the PUBLISH passes through as the client sent it.
+//! It reads each packet's fixed header (type and remaining length), and the body of
+//! SUBSCRIBE packets only to look for `$share/`; it never copies or changes bytes, so
+//! everything before the stop passes through as the client sent it. rumqttd 0.20's router
+//! panics on one SUBSCRIBE whose filters resolve to the same filter, which needs `$share/`,
+//! and shared subscriptions serve no client of the embedded broker.
 
 /// Packet type of PUBLISH in the high four bits of the first byte.
 const PUBLISH_TYPE: u8 = 3;
+
+/// Packet type of SUBSCRIBE.
+const SUBSCRIBE_TYPE: u8 = 8;
+
+/// The prefix of a shared subscription's filter.
+const SHARED_PREFIX: &[u8] = b"$share/";
 
 /// Position of the gate within the client's packet stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +28,13 @@ enum Position {
     Body { bytes_left: usize },
 }
 
+/// Where the current packet started: in this chunk at an offset, or in an earlier one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PacketStart {
+    At(usize),
+    Earlier,
+}
+
 /// Result of scanning a chunk of the client's stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scan {
@@ -25,6 +42,9 @@ pub enum Scan {
     Clear,
     /// A PUBLISH starts at this offset; the bytes before it may pass, the rest may not.
     Publish { at: usize },
+    /// A SUBSCRIBE to a shared subscription; the first `pass` bytes may pass, the rest may
+    /// not. A part of it already passed in an earlier chunk never completes a packet.
+    SharedSubscription { pass: usize },
     /// A remaining length has more than four bytes, so the packet boundaries are lost.
     Malformed,
 }
@@ -32,23 +52,63 @@ pub enum Scan {
 #[derive(Debug)]
 pub struct PublishGate {
     position: Position,
+    allow_publish: bool,
+    /// Whether the current packet is a SUBSCRIBE, whose body is searched.
+    in_subscribe: bool,
+    /// Bytes of `SHARED_PREFIX` matched so far in the current SUBSCRIBE body.
+    matched: usize,
+    packet_start: PacketStart,
 }
 
 impl PublishGate {
-    /// Creates a gate for a stream that starts at a packet boundary, as after CONNECT.
-    pub fn new() -> PublishGate {
+    /// Creates a gate for a stream that starts at a packet boundary, as after CONNECT;
+    /// `allow_publish` is true for a client with the publisher login or when none is set.
+    pub fn new(allow_publish: bool) -> PublishGate {
         PublishGate {
             position: Position::PacketStart,
+            allow_publish,
+            in_subscribe: false,
+            matched: 0,
+            packet_start: PacketStart::Earlier,
         }
+    }
+
+    /// Searches `body` of a SUBSCRIBE for `$share/`, across chunk boundaries.
+    fn finds_shared_prefix(&mut self, body: &[u8]) -> bool {
+        for &byte in body {
+            if byte == SHARED_PREFIX[self.matched] {
+                self.matched += 1;
+                if self.matched == SHARED_PREFIX.len() {
+                    return true;
+                }
+            } else {
+                // No proper prefix of "$share/" is also a suffix of it, so a mismatch
+                // restarts the match, at this byte if it is the first of the prefix.
+                self.matched = usize::from(byte == SHARED_PREFIX[0]);
+            }
+        }
+        false
+    }
+
+    fn shared_subscription(&self) -> Scan {
+        let pass = match self.packet_start {
+            PacketStart::At(offset) => offset,
+            PacketStart::Earlier => 0,
+        };
+        Scan::SharedSubscription { pass }
     }
 
     /// Advances over `chunk`, the next bytes of the stream.
     pub fn scan(&mut self, chunk: &[u8]) -> Scan {
+        self.packet_start = PacketStart::Earlier;
         let mut offset = 0;
         while offset < chunk.len() {
             match self.position {
                 Position::Body { bytes_left } => {
                     let skipped = bytes_left.min(chunk.len() - offset);
+                    if self.in_subscribe && self.finds_shared_prefix(&chunk[offset..offset + skipped]) {
+                        return self.shared_subscription();
+                    }
                     offset += skipped;
                     self.position = match bytes_left - skipped {
                         0 => Position::PacketStart,
@@ -56,9 +116,13 @@ impl PublishGate {
                     };
                 }
                 Position::PacketStart => {
-                    if chunk[offset] >> 4 == PUBLISH_TYPE {
+                    let packet_type = chunk[offset] >> 4;
+                    if packet_type == PUBLISH_TYPE && !self.allow_publish {
                         return Scan::Publish { at: offset };
                     }
+                    self.in_subscribe = packet_type == SUBSCRIBE_TYPE;
+                    self.matched = 0;
+                    self.packet_start = PacketStart::At(offset);
                     offset += 1;
                     self.position = Position::Length {
                         value: 0,
@@ -101,14 +165,14 @@ mod tests {
 
     #[test]
     fn passes_subscribe_and_ping() {
-        let mut gate = PublishGate::new();
+        let mut gate = PublishGate::new(false);
         let stream = [&SUBSCRIBE[..], &PINGREQ[..], &SUBSCRIBE[..]].concat();
         assert_eq!(gate.scan(&stream), Scan::Clear);
     }
 
     #[test]
     fn stops_at_publish_after_other_packets() {
-        let mut gate = PublishGate::new();
+        let mut gate = PublishGate::new(false);
         let stream = [&PINGREQ[..], &SUBSCRIBE[..], &PUBLISH[..]].concat();
         assert_eq!(gate.scan(&stream), Scan::Publish { at: 12 });
     }
@@ -117,7 +181,7 @@ mod tests {
     fn publish_byte_in_payload_passes() {
         // A SUBSCRIBE whose topic filter is made of 0x30 bytes.
         let subscribe = [0x82, 0x07, 0x00, 0x01, 0x00, 0x02, 0x30, 0x30, 0x00];
-        let mut gate = PublishGate::new();
+        let mut gate = PublishGate::new(false);
         assert_eq!(gate.scan(&subscribe), Scan::Clear);
         assert_eq!(gate.scan(&PUBLISH), Scan::Publish { at: 0 });
     }
@@ -125,7 +189,7 @@ mod tests {
     #[test]
     fn frames_packets_split_at_every_byte() {
         let stream = [&SUBSCRIBE[..], &PINGREQ[..], &PUBLISH[..]].concat();
-        let mut gate = PublishGate::new();
+        let mut gate = PublishGate::new(false);
         for (index, byte) in stream.iter().enumerate() {
             let scan = gate.scan(std::slice::from_ref(byte));
             if index == SUBSCRIBE.len() + PINGREQ.len() {
@@ -142,15 +206,43 @@ mod tests {
         // An UNSUBSCRIBE with a remaining length of 200 (0xc8 0x01); its body is 0x30 bytes.
         let mut packet = vec![0xa2, 0xc8, 0x01];
         packet.extend(std::iter::repeat_n(0x30, 200));
-        let mut gate = PublishGate::new();
+        let mut gate = PublishGate::new(false);
         assert_eq!(gate.scan(&packet[..100]), Scan::Clear);
         assert_eq!(gate.scan(&packet[100..]), Scan::Clear);
         assert_eq!(gate.scan(&PUBLISH), Scan::Publish { at: 0 });
     }
 
     #[test]
+    fn publisher_passes_publish() {
+        let mut gate = PublishGate::new(true);
+        assert_eq!(gate.scan(&[&PUBLISH[..], &SUBSCRIBE[..]].concat()), Scan::Clear);
+    }
+
+    #[test]
+    fn shared_subscription_is_stopped_at_its_start() {
+        // SUBSCRIBE to "$share/g/a" after a PINGREQ.
+        let mut subscribe = vec![0x82, 0x0f, 0x00, 0x01, 0x00, 0x0a];
+        subscribe.extend_from_slice(b"$share/g/a");
+        subscribe.push(0x00);
+        let stream = [&PINGREQ[..], &subscribe[..]].concat();
+        assert_eq!(PublishGate::new(true).scan(&stream), Scan::SharedSubscription { pass: 2 });
+
+        let mut gate = PublishGate::new(true);
+        let split = PINGREQ.len() + 9;
+        assert_eq!(gate.scan(&stream[..split]), Scan::Clear);
+        assert_eq!(gate.scan(&stream[split..]), Scan::SharedSubscription { pass: 0 });
+    }
+
+    #[test]
+    fn share_word_in_publish_payload_passes() {
+        let mut publish = vec![0x30, 0x0a, 0x00, 0x01, b'a'];
+        publish.extend_from_slice(b"$share/");
+        assert_eq!(PublishGate::new(true).scan(&publish), Scan::Clear);
+    }
+
+    #[test]
     fn five_byte_length_is_malformed() {
-        let mut gate = PublishGate::new();
+        let mut gate = PublishGate::new(false);
         assert_eq!(gate.scan(&[0xc0, 0x80, 0x80, 0x80, 0x80, 0x01]), Scan::Malformed);
     }
 }

@@ -42,6 +42,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 static ACCEPT_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
 static LIMIT_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
 static LOGIN_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
+static SHARED_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(10));
 static PUBLISH_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
 static UPSTREAM_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
 
@@ -143,11 +144,7 @@ async fn serve_connection(mut client: TcpStream, settings: Arc<FrontSettings>, _
     Stats::add(counter, 1);
     tracing::debug!(client_id, version = version.as_str(), may_publish, "MQTT client connected");
 
-    if may_publish {
-        relay_publisher(client, upstream, connect_bytes, rest, &client_id).await;
-    } else {
-        relay_subscriber(client, upstream, version, connect_bytes, rest, &client_id, &settings.stats).await;
-    }
+    relay_client(client, upstream, version, connect_bytes, rest, &client_id, &settings.stats, may_publish).await;
 }
 
 /// Reads the CONNECT packet under the timeout. On failure it counts the rejection, sends a
@@ -206,22 +203,8 @@ async fn connect_upstream(settings: &FrontSettings, version: Version) -> Option<
     Some(upstream)
 }
 
-async fn relay_publisher(
-    mut client: TcpStream,
-    mut upstream: TcpStream,
-    connect: bytes::BytesMut,
-    rest: bytes::BytesMut,
-    client_id: &str,
-) {
-    match relay::relay_publisher(&mut client, &mut upstream, connect, rest).await {
-        Ok((from_client, from_broker)) => {
-            tracing::debug!(client_id, from_client, from_broker, "MQTT client disconnected");
-        }
-        Err(error) => tracing::debug!(client_id, %error, "MQTT connection ended with an error"),
-    }
-}
-
-async fn relay_subscriber(
+#[allow(clippy::too_many_arguments)]
+async fn relay_client(
     client: TcpStream,
     upstream: TcpStream,
     version: Version,
@@ -229,8 +212,14 @@ async fn relay_subscriber(
     rest: bytes::BytesMut,
     client_id: &str,
     stats: &Stats,
+    may_publish: bool,
 ) {
-    match relay::relay_subscriber(client, upstream, version, connect, rest, stats).await {
+    match relay::relay_client_stream(client, upstream, version, connect, rest, stats, may_publish).await {
+        Ok(SubscriberEnd::SharedSubscription) => {
+            if let Some(suppressed) = SHARED_LOG.check() {
+                tracing::warn!(client_id, suppressed, "MQTT client asked for a shared subscription, which the embedded broker does not serve; disconnected");
+            }
+        }
         Ok(SubscriberEnd::Publish) => {
             if let Some(suppressed) = PUBLISH_LOG.check() {
                 tracing::warn!(client_id, suppressed, "MQTT client without the publisher login sent a PUBLISH; disconnected");

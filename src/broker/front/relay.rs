@@ -1,7 +1,8 @@
 //! Copying a client's connection to the internal broker listener once its CONNECT passed.
 //!
-//! A publisher's bytes are copied without looking at them. A subscriber's bytes toward the
-//! broker pass the publish gate; the broker's bytes toward any client are never parsed.
+//! Every client's bytes toward the broker pass the gate, which frames packets and stops a
+//! PUBLISH from a client without the publisher login and any shared subscription; the
+//! broker's bytes toward a client are never parsed.
 
 use std::time::Duration;
 
@@ -30,34 +31,25 @@ pub enum SubscriberEnd {
     Publish,
     /// The client's packet stream lost its framing; the rest never reached the broker.
     Malformed,
+    /// The client sent a SUBSCRIBE to a shared subscription; it never reached the broker.
+    SharedSubscription,
 }
 
-/// Sends the CONNECT packet and the bytes after it, then copies both directions until
-/// either side closes. Returns the bytes copied from the client and from the broker.
-pub async fn relay_publisher(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
-    mut connect: BytesMut,
-    rest: BytesMut,
-) -> std::io::Result<(u64, u64)> {
-    connect.unsplit(rest);
-    upstream.write_all(&connect).await?;
-    tokio::io::copy_bidirectional(client, upstream).await
-}
-
-/// Sends the CONNECT packet, then relays a subscriber through the publish gate.
+/// Sends the CONNECT packet, then relays the client through the gate; `allow_publish` lets
+/// its PUBLISH packets pass.
 ///
 /// At a PUBLISH the front stops forwarding and closes the broker side. It lets what the
 /// broker already sent reach the client and then closes the client, after an MQTT 5
 /// DISCONNECT (reason 0x87, not authorized) when the client speaks MQTT 5. The PUBLISH is counted
 /// in `stats` before the client is closed.
-pub async fn relay_subscriber(
+pub async fn relay_client_stream(
     client: TcpStream,
     upstream: TcpStream,
     version: Version,
     connect: BytesMut,
     rest: BytesMut,
     stats: &Stats,
+    allow_publish: bool,
 ) -> std::io::Result<SubscriberEnd> {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut upstream_read, mut upstream_write) = upstream.into_split();
@@ -66,7 +58,7 @@ pub async fn relay_subscriber(
     let (end, drained) = {
         let downstream = tokio::io::copy(&mut upstream_read, &mut client_write);
         tokio::pin!(downstream);
-        let gated = forward_gated(&mut client_read, &mut upstream_write, rest);
+        let gated = forward_gated(&mut client_read, &mut upstream_write, rest, allow_publish);
 
         let end = tokio::select! {
             result = &mut downstream => {
@@ -111,8 +103,9 @@ async fn forward_gated(
     client: &mut OwnedReadHalf,
     upstream: &mut OwnedWriteHalf,
     rest: BytesMut,
+    allow_publish: bool,
 ) -> std::io::Result<SubscriberEnd> {
-    let mut gate = PublishGate::new();
+    let mut gate = PublishGate::new(allow_publish);
     if let Some(end) = pass_through_gate(&mut gate, &rest, upstream).await? {
         return Ok(end);
     }
@@ -142,6 +135,10 @@ async fn pass_through_gate(
         Scan::Publish { at } => {
             upstream.write_all(&chunk[..at]).await?;
             Ok(Some(SubscriberEnd::Publish))
+        }
+        Scan::SharedSubscription { pass } => {
+            upstream.write_all(&chunk[..pass]).await?;
+            Ok(Some(SubscriberEnd::SharedSubscription))
         }
         Scan::Malformed => Ok(Some(SubscriberEnd::Malformed)),
     }
