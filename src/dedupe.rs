@@ -31,7 +31,7 @@ pub enum Seen<'a, P> {
 }
 
 impl<P> DedupeWindow<P> {
-    /// A window of `capacity` pairs; 0 turns detection off.
+    /// Creates a window of `capacity` pairs; 0 turns detection off.
     pub fn new(capacity: usize) -> Self {
         DedupeWindow {
             capacity,

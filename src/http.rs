@@ -34,12 +34,13 @@ pub struct AppState {
     pub metrics: Arc<prometheus_client::registry::Registry>,
 }
 
-/// A JSON error body: `{"error": message}`.
+/// Builds a JSON error response: `{"error": message}`.
 pub fn json_error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
-/// A rejected push: `{"error": message, "reason": code}`, counted under `reason`.
+/// Builds a rejected push's response, `{"error": message, "reason": code}`, and counts it
+/// under `reason`.
 fn rejection(stats: &Stats, status: StatusCode, reason: RejectReason, message: &str) -> Response {
     stats.reject(reason);
     (status, Json(json!({ "error": message, "reason": reason }))).into_response()
@@ -93,7 +94,7 @@ async fn push(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
             let message = format!("request body is larger than {limit} bytes (stream.batch.max_bytes)");
             return rejection(&state.stats, StatusCode::PAYLOAD_TOO_LARGE, RejectReason::PayloadTooLarge, &message);
         }
-        // The client went away or sent a broken body; no one may be left to read an answer.
+        // The client went away or sent a broken body; no one may be left to read a response.
         Err(_) => return json_error(StatusCode::BAD_REQUEST, "cannot read the request body"),
     };
 

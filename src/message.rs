@@ -208,7 +208,7 @@ impl<'a> Message<'a> {
         })
     }
 
-    /// The fields channels are derived from.
+    /// Returns the fields channels are derived from.
     pub fn channel_input(&self) -> ChannelInput<'_> {
         ChannelInput {
             source_type: self.source_type.as_deref(),
@@ -220,7 +220,7 @@ impl<'a> Message<'a> {
         }
     }
 
-    /// The message as one dump line (no trailing newline) carrying `stream_id`.
+    /// Builds the message's dump line (no trailing newline) carrying `stream_id`.
     ///
     /// JSON strings cannot hold raw CR or LF, so raw line breaks are insignificant
     /// whitespace and become spaces.
@@ -236,7 +236,7 @@ impl<'a> Message<'a> {
     }
 }
 
-/// The object text (ending with '}') with `"stream_id":"ID"` added as its last field.
+/// Returns the object text (ending with '}') with `"stream_id":"ID"` added as its last field.
 fn append_stream_id(raw: &str, stream_id: u64) -> String {
     let body = raw[..raw.len() - 1].trim_end();
     let mut line = String::with_capacity(raw.len() + 40);
@@ -250,8 +250,8 @@ fn append_stream_id(raw: &str, stream_id: u64) -> String {
     line
 }
 
-/// The object with the new id in place of the old one; every other value is copied as
-/// received, so numbers such as `4.000` or `1e400` keep their exact text.
+/// Rebuilds the object with the new id in place of the old one. Every other value is
+/// copied as received, so numbers such as `4.000` or `1e400` keep their exact text.
 fn replace_stream_id(fields: &IndexMap<String, Box<RawValue>>, stream_id: u64) -> String {
     let mut line = String::from("{");
     for (index, (key, value)) in fields.iter().enumerate() {
@@ -274,7 +274,7 @@ fn replace_stream_id(fields: &IndexMap<String, Box<RawValue>>, stream_id: u64) -
 impl Message<'_> {
 }
 
-/// A string field; `id_str` also takes a number, which some collectors send.
+/// Reads a string field; `id_str` also takes a number, which some collectors send.
 fn string_field<'a>(
     raw: Option<&'a RawValue>,
     name: &str,
@@ -407,7 +407,8 @@ mod tests {
     fn pretty_printed_object_becomes_one_line() {
         let messages = parse_payload(b"{\r\n  \"text\": \"a\\nb\"\n}\n", &LIMITS).unwrap();
         let line = messages[0].to_line(7);
-        assert!(!line.contains(&b'\n') && !line.contains(&b'\r'));
+        assert!(!line.contains(&b'\n'), "no LF in the line");
+        assert!(!line.contains(&b'\r'), "no CR in the line");
         let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(value["text"], "a\nb");
         assert_eq!(value["stream_id"], "7");

@@ -67,12 +67,12 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// The address of the MQTT listener of the embedded broker.
+    /// Returns the address of the embedded broker's MQTT listener.
     pub fn mqtt_address(&self) -> Option<SocketAddr> {
         self.listener("mqtt")
     }
 
-    /// The address of the MQTT over WebSocket listener, unless it is turned off.
+    /// Returns the address of the MQTT over WebSocket listener, unless it is turned off.
     pub fn mqtt_ws_address(&self) -> Option<SocketAddr> {
         self.listener("mqtt_ws")
     }
@@ -81,7 +81,7 @@ impl RunningServer {
         self.listeners.iter().find(|l| l.name == name).map(|l| l.address)
     }
 
-    /// A token that stops the server when cancelled.
+    /// Returns a token that stops the server when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
@@ -117,7 +117,7 @@ impl RunningServer {
     }
 }
 
-/// The embedded broker, or a client of the external one.
+/// Starts the embedded broker, or a client of the external one.
 async fn start_broker(config: &Config, stats: &Arc<Stats>) -> Result<Arc<dyn Broker>, ServerError> {
     if config.mqtt.embedded {
         return Ok(Arc::new(EmbeddedBroker::start_with_stats(config, stats.clone()).await?));

@@ -138,7 +138,7 @@ pub struct Stats {
     mqtt_connects_rejected: [AtomicU64; ConnectRejectReason::ALL.len()],
     /// Clients without the publisher login disconnected for sending a PUBLISH.
     pub mqtt_unauthorized_publishes: AtomicU64,
-    /// Stream requests answered 503 because `stream.connections.max` streams were open.
+    /// Stream requests rejected with 503 because `stream.connections.max` streams were open.
     pub sse_connections_rejected: AtomicU64,
     pub channel_activity: crate::activity::ChannelActivity,
 }

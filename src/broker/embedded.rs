@@ -210,14 +210,15 @@ impl Broker for EmbeddedBroker {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// The local links fail only when the router is gone, and it never comes back.
+    /// Reports the router alive while its local links work: they fail only when the router
+    /// is gone, and it never comes back.
     fn is_alive(&self) -> bool {
         self.is_healthy()
     }
 }
 
-/// A client id no MQTT client can guess: rumqttd disconnects the older of two connections
-/// with one id, so a known id would let any client cut the server's own links.
+/// Returns a client id no MQTT client can guess. rumqttd disconnects the older of two
+/// connections with one id, so a known id would let any client cut the server's own links.
 fn internal_client_id(role: &str) -> String {
     format!("lokstream-{role}-{:016x}", rand::random::<u64>())
 }
@@ -287,7 +288,7 @@ async fn open_link(factory: &LinkFactory, client_id: &str) -> Result<(LinkTx, Li
 /// Starts one rumqttd server and returns the address it bound.
 ///
 /// `Server::start` binds before its first await point and then waits in `accept`, so one
-/// poll tells whether the bind worked. For port 0 a free port is picked first, since the
+/// poll shows whether the bind worked. For port 0 a free port is picked first, since the
 /// server cannot report the port it bound; a port taken in between is retried.
 ///
 /// `make_server` captures the router's sender, whose item type rumqttd keeps private.
@@ -476,7 +477,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Reads the link: forwards deliveries, completes subscriptions, answers `Unschedule`, and
+/// Reads the link: forwards deliveries, completes subscriptions, handles `Unschedule`, and
 /// reports messages the router skipped.
 async fn read_session(
     name: String,
@@ -541,7 +542,7 @@ async fn read_session(
                 }
             }
             Notification::Unschedule => {
-                // The router stops serving this link until told it is ready again.
+                // The router stops serving this link until the link reports it is ready again.
                 if let Err(error) = rx.wake().await {
                     tracing::error!(session = name, %error, "cannot reschedule broker session");
                     healthy.store(false, Ordering::Relaxed);
@@ -583,6 +584,6 @@ fn complete_ack(session: &str, notification: Notification, pending: &PendingAcks
     } else {
         Err(BrokerError::SubscriptionRejected(filter))
     };
-    // The subscriber may have gone away meanwhile; then no one waits for the answer.
+    // The subscriber may have gone away meanwhile, and then no one waits for the result.
     let _ = done.send(result);
 }

@@ -78,8 +78,8 @@ pub trait Broker: Send + Sync + 'static {
         queue: usize,
     ) -> BoxFuture<'_, Result<(Session, mpsc::Receiver<Delivery>), BrokerError>>;
 
-    /// The filter the ingest session subscribes to for the configured ingest filter; an
-    /// external broker shares it among replicas.
+    /// Returns the filter the ingest session subscribes to for the configured ingest
+    /// filter; an external broker shares it among replicas.
     fn ingest_filter(&self, filter: &str) -> String {
         filter.to_string()
     }
@@ -92,10 +92,10 @@ pub trait Broker: Send + Sync + 'static {
         0
     }
 
-    /// Whether the broker and every link to it are working.
+    /// Reports whether the broker and every link to it are working.
     fn is_healthy(&self) -> bool;
 
-    /// Whether the broker can still recover by itself; `false` means only a restart of the
+    /// Reports whether the broker can still recover by itself; `false` means only a restart of the
     /// process helps, as after the embedded broker's router died. An external broker's
     /// outage is waited out, so it stays alive.
     fn is_alive(&self) -> bool {

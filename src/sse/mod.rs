@@ -158,7 +158,7 @@ pub async fn preflight(State(state): State<StreamState>, headers: HeaderMap) -> 
     with_cors(response, &headers, &state.config)
 }
 
-/// Adds `Access-Control-Allow-Origin` as `stream.cors.origins` says.
+/// Adds `Access-Control-Allow-Origin` as `stream.cors.origins` sets it.
 fn with_cors(mut response: Response, request: &HeaderMap, config: &StreamConfig) -> Response {
     let headers = response.headers_mut();
     match &config.cors_origins {
