@@ -185,6 +185,15 @@ impl Hub {
     /// confirmed every subscription, so nothing published afterwards is missed. With a
     /// `resume` point the membership carries the events missed since then.
     pub async fn join(self: &Arc<Self>, filters: Vec<String>, resume: Resume) -> Result<Membership, BrokerError> {
+        // A request dropped halfway through would leave later filters registered but never
+        // subscribed, so the join runs to its end in a task of its own.
+        let hub = self.clone();
+        tokio::spawn(async move { hub.join_to_end(filters, resume).await })
+            .await
+            .map_err(|error| BrokerError::Link(format!("the hub join task failed: {error}")))?
+    }
+
+    async fn join_to_end(self: Arc<Self>, filters: Vec<String>, resume: Resume) -> Result<Membership, BrokerError> {
         let (queue, events) = mpsc::channel(self.options.queue_events);
         let evicted = CancellationToken::new();
         let _control = self.control.lock().await;
@@ -207,11 +216,24 @@ impl Hub {
             filters: client.filters,
         };
 
-        for (filter, subscription) in new_filters {
-            self.session.subscribe_with_id(&filter, subscription).await?;
+        for (index, (filter, subscription)) in new_filters.iter().enumerate() {
+            if let Err(error) = self.session.subscribe_with_id(filter, *subscription).await {
+                self.forget_filters(&new_filters[index..]);
+                return Err(error);
+            }
             tracing::debug!(filter, subscription, "hub subscribed");
         }
         Ok(membership)
+    }
+
+    /// Removes filters the broker did not subscribe, so that no later connection joins one
+    /// and waits for events that never come. The caller holds the control lock.
+    fn forget_filters(&self, filters: &[(String, SubscriptionId)]) {
+        let mut registry = self.lock();
+        for (filter, subscription) in filters {
+            registry.filters.remove(filter);
+            registry.by_subscription.remove(subscription);
+        }
     }
 
     /// Removes a client; a filter left without clients is unsubscribed after the linger
