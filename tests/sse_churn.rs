@@ -98,7 +98,6 @@ async fn long_streams_survive_churn_on_their_filters() {
         .collect();
 
     let pusher = tokio::spawn(push_corpus(server.url("/api/push.json"), lines));
-    let (last_id_tx, last_id_rx) = tokio::sync::watch::channel(None::<String>);
     let last = expected.last().unwrap().clone();
     // The stream on `all` also hands out ids for churning connections to resume from.
     let (last_id_tx, last_id_rx) = tokio::sync::watch::channel(None::<String>);
