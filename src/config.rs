@@ -26,6 +26,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("http.push.token", ""),
     ("http.tls.cert", ""),
     ("http.tls.key", ""),
+    ("http.header_timeout_secs", "30"),
     ("mqtt.embedded", "true"),
     ("mqtt.port", "1883"),
     ("mqtt.ws.port", "9001"),
@@ -181,6 +182,8 @@ pub struct Config {
     pub push_token: Option<String>,
     /// `None` when `http.tls.cert` and `http.tls.key` are empty: plain HTTP.
     pub http_tls: Option<TlsConfig>,
+    /// Seconds a client has to send a request head, and to finish the TLS handshake.
+    pub http_header_timeout_secs: u64,
     pub mqtt: MqttConfig,
     pub stream: StreamConfig,
     pub dump: DumpConfig,
@@ -433,6 +436,7 @@ impl Config {
                 level: log_level(s)?,
             },
             shutdown_grace_secs: s.at_least("shutdown.grace.secs", 1)?,
+            http_header_timeout_secs: s.at_least("http.header_timeout_secs", 1)?,
         };
 
         if config.stream.message_max_bytes > config.stream.batch_max_bytes {

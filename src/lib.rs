@@ -19,6 +19,7 @@ pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod publisher;
+pub mod serve;
 pub mod server;
 pub mod sse;
 pub mod stats;

@@ -223,17 +223,11 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         http_address,
     };
     let app = http::router(state);
-    let stop = shutdown.clone();
-    let http = match &config.http_tls {
-        Some(tls_config) => tokio::spawn(tls::serve(http_listener, tls::acceptor(tls_config)?, app, stop)),
-        // `into_make_service` clones the router per connection; serving the router itself
-        // rebuilds its route table for each connection, about 6 KB per open stream.
-        None => tokio::spawn(async move {
-            axum::serve(http_listener, app.into_make_service())
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        }),
+    let options = crate::serve::ServeOptions {
+        tls: config.http_tls.as_ref().map(tls::acceptor).transpose()?,
+        header_timeout: Duration::from_secs(config.http_header_timeout_secs),
     };
+    let http = tokio::spawn(crate::serve::serve(http_listener, options, app, shutdown.clone()));
 
     // The broker's loopback listeners behind the MQTT front are no address for clients.
     for listener in listeners.iter().filter(|listener| !listener.name.ends_with("_internal")) {
