@@ -522,8 +522,7 @@ fn mqtt_config(s: &Settings) -> Result<MqttConfig, ConfigError> {
         embedded,
         port: s.port("mqtt.port")?,
         ws_port: (ws_port != 0).then_some(ws_port),
-        // The server's own links to the broker count as connections too.
-        max_connections: s.usize_at_least("mqtt.connections.max", 16)?,
+        max_connections: s.usize_at_least("mqtt.connections.max", 1)?,
         connect_timeout_ms: connect_timeout_ms(s)?,
         publisher_auth: publisher_auth(s)?,
         auth_subscribe: auth_subscribe(s)?,

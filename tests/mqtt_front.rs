@@ -554,3 +554,65 @@ async fn websocket_clients_follow_the_publisher_login() {
     assert_eq!(received["id_str"], "ws-signed", "the anonymous subscriber gets the signed message, and the anonymous one never arrives");
     server.stop().await;
 }
+
+/// CONNECT (MQTT 5, client id "big", no login, empty properties) and the fixed header of a
+/// PUBLISH whose remaining length is `remaining`, with the first bytes of its body.
+fn connect_v5_and_publish_header(remaining: usize) -> BytesMut {
+    let mut bytes = BytesMut::new();
+    bytes.extend_from_slice(&[0x10, 0x10, 0x00, 0x04]);
+    bytes.extend_from_slice(b"MQTT");
+    bytes.extend_from_slice(&[0x05, 0x02, 0x00, 0x1e, 0x00, 0x00, 0x03]);
+    bytes.extend_from_slice(b"big");
+
+    bytes.extend_from_slice(&[0x30]);
+    let mut length = remaining;
+    loop {
+        let byte = (length % 128) as u8;
+        length /= 128;
+        if length == 0 {
+            bytes.extend_from_slice(&[byte]);
+            break;
+        }
+        bytes.extend_from_slice(&[byte | 0x80]);
+    }
+    bytes.extend_from_slice(&[0x00, 0x01, b'i', 0x00]);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_packet_is_disconnected_and_counted() {
+    let server = TestServer::start_with(&[("stream.batch.max_bytes", "65536"), ("stream.message.max_bytes", "65536")]).await;
+    let mut watcher = Client::connect(Version::V311, server.mqtt, "watcher", PLAIN).await;
+    watcher.subscribe("twitter/hashtag/size").await;
+
+    let mut big = TcpStream::connect(server.mqtt).await.unwrap();
+    big.write_all(&connect_v5_and_publish_header(65_537)).await.unwrap();
+    let received = read_to_close(&mut big).await;
+    assert_eq!(received[0] >> 4, 2, "a CONNACK first: {received:02x?}");
+    let connack_end = 2 + usize::from(received[1]);
+    assert_eq!(&received[connack_end..], [0xe0, 0x02, 0x95, 0x00], "then DISCONNECT 0x95, packet too large");
+    assert_eq!(server.rejected("payload_too_large").await, 1);
+
+    let publisher = Client::connect(Version::V311, server.mqtt, "fits", PLAIN).await;
+    publisher.publish("ingest/messages", &message("fits", "#size")).await;
+    let (_, received) = watcher.next_message().await;
+    assert_eq!(received["id_str"], "fits", "others publish on after the disconnect");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_counts_clients_only() {
+    let server = TestServer::start_with(&[("mqtt.connections.max", "4")]).await;
+    let mut clients = Vec::new();
+    for n in 0..4 {
+        let mut client = Client::connect(Version::V311, server.mqtt, &format!("client-{n}"), PLAIN).await;
+        // A SUBACK shows the router serves the client, beyond the front's CONNACK.
+        client.subscribe(&format!("limit/{n}")).await;
+        clients.push(client);
+    }
+
+    // The front closes a connection past the limit before it reads anything.
+    let mut fifth = TcpStream::connect(server.mqtt).await.unwrap();
+    assert!(read_to_close(&mut fifth).await.is_empty(), "the fifth client is closed without a CONNACK");
+    let status = server.status().await;
+    assert_eq!(status["mqtt"]["connects_rejected"]["connection_limit"], 1, "{status}");
+}

@@ -48,6 +48,10 @@ const PUBLISH_QUEUE_BATCHES: usize = 256;
 /// Unacknowledged QoS 1 publishes per MQTT connection.
 const MAX_INFLIGHT: usize = 100;
 
+/// Router connections kept beside `mqtt.connections.max` for the server's own links (the
+/// publisher, ingest and hub sessions, with room for more), which the router counts too.
+const LOCAL_LINK_ALLOWANCE: usize = 8;
+
 /// QoS 0 publishes the router hands a subscriber per scheduling round; rumqttd's sample
 /// configuration uses the same value.
 const MAX_OUTGOING_PACKETS: u64 = 200;
@@ -121,6 +125,7 @@ impl EmbeddedBroker {
                 },
                 connect_timeout: Duration::from_millis(config.mqtt.connect_timeout_ms),
                 max_connections: config.mqtt.max_connections,
+                max_packet_bytes: config.stream.batch_max_bytes,
                 stats,
             },
         ));
@@ -268,7 +273,7 @@ fn connection_settings(config: &Config, login: Option<&Credentials>) -> Connecti
 
 fn router_config(config: &Config) -> RouterConfig {
     RouterConfig {
-        max_connections: config.mqtt.max_connections,
+        max_connections: config.mqtt.max_connections + LOCAL_LINK_ALLOWANCE,
         max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
         max_segment_size: config.mqtt.log_segment_bytes,
         max_segment_count: config.mqtt.log_segments,

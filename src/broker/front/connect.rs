@@ -254,6 +254,10 @@ fn rejection_code(version: Option<Version>, reason: ConnectRejectReason) -> Opti
 /// either, because the decoders of rumqttd 0.20 and rumqttc 0.24 reject it.
 pub const NOT_AUTHORIZED_DISCONNECT: [u8; 4] = [0xe0, 0x02, 0x87, 0x00];
 
+/// The MQTT 5 DISCONNECT with reason 0x95 (packet too large), in the form of
+/// [`NOT_AUTHORIZED_DISCONNECT`].
+pub const PACKET_TOO_LARGE_DISCONNECT: [u8; 4] = [0xe0, 0x02, 0x95, 0x00];
+
 fn encode(version: Version, packet: Packet, bytes: &mut BytesMut) -> Result<usize, rumqttd::protocol::Error> {
     match version {
         Version::V311 => V4.write(packet, bytes),

@@ -1,6 +1,6 @@
 //! The gate: frames the packets a client sends toward the broker. It stops the stream at
-//! the first byte of a PUBLISH from a client without the publisher login, and at a
-//! SUBSCRIBE to a shared subscription from any client.
+//! the first byte of a PUBLISH from a client without the publisher login, at a SUBSCRIBE
+//! to a shared subscription from any client, and at any packet over the size limit.
 //!
 //! It reads each packet's fixed header (type and remaining length), and the body of
 //! SUBSCRIBE packets only to look for `$share/`; it never copies or changes bytes, so
@@ -45,6 +45,9 @@ pub enum Scan {
     /// A SUBSCRIBE to a shared subscription; the first `pass` bytes may pass, the rest may
     /// not. A part of it already passed in an earlier chunk never completes a packet.
     SharedSubscription { pass: usize },
+    /// A packet whose remaining length is over the limit; the first `pass` bytes may pass,
+    /// the rest may not.
+    TooLarge { pass: usize },
     /// A remaining length has more than four bytes, so the packet boundaries are lost.
     Malformed,
 }
@@ -53,6 +56,8 @@ pub enum Scan {
 pub struct PublishGate {
     position: Position,
     allow_publish: bool,
+    /// The largest remaining length a packet may have.
+    max_packet_bytes: usize,
     /// Whether the current packet is a SUBSCRIBE, whose body is searched.
     in_subscribe: bool,
     /// Bytes of `SHARED_PREFIX` matched so far in the current SUBSCRIBE body.
@@ -63,10 +68,11 @@ pub struct PublishGate {
 impl PublishGate {
     /// Creates a gate for a stream that starts at a packet boundary, as after CONNECT;
     /// `allow_publish` is true for a client with the publisher login or when none is set.
-    pub fn new(allow_publish: bool) -> PublishGate {
+    pub fn new(allow_publish: bool, max_packet_bytes: usize) -> PublishGate {
         PublishGate {
             position: Position::PacketStart,
             allow_publish,
+            max_packet_bytes,
             in_subscribe: false,
             matched: 0,
             packet_start: PacketStart::Earlier,
@@ -90,12 +96,13 @@ impl PublishGate {
         false
     }
 
-    fn shared_subscription(&self) -> Scan {
-        let pass = match self.packet_start {
+    /// Bytes of the chunk before the current packet, which may pass when the gate stops
+    /// the packet. A part of it already passed in an earlier chunk never completes a packet.
+    fn before_packet(&self) -> usize {
+        match self.packet_start {
             PacketStart::At(offset) => offset,
             PacketStart::Earlier => 0,
-        };
-        Scan::SharedSubscription { pass }
+        }
     }
 
     /// Advances over `chunk`, the next bytes of the stream.
@@ -107,7 +114,7 @@ impl PublishGate {
                 Position::Body { bytes_left } => {
                     let skipped = bytes_left.min(chunk.len() - offset);
                     if self.in_subscribe && self.finds_shared_prefix(&chunk[offset..offset + skipped]) {
-                        return self.shared_subscription();
+                        return Scan::SharedSubscription { pass: self.before_packet() };
                     }
                     offset += skipped;
                     self.position = match bytes_left - skipped {
@@ -136,6 +143,9 @@ impl PublishGate {
                     self.position = if byte & 0x80 == 0 {
                         match value {
                             0 => Position::PacketStart,
+                            too_large if too_large > self.max_packet_bytes => {
+                                return Scan::TooLarge { pass: self.before_packet() };
+                            }
                             bytes_left => Position::Body { bytes_left },
                         }
                     } else if bytes_read == 3 {
@@ -157,6 +167,9 @@ impl PublishGate {
 mod tests {
     use super::*;
 
+    /// A limit that no packet of these tests but the large one reaches.
+    const LIMIT: usize = 1024;
+
     /// SUBSCRIBE to "a/b" with packet id 1, QoS 0.
     const SUBSCRIBE: [u8; 10] = [0x82, 0x08, 0x00, 0x01, 0x00, 0x03, b'a', b'/', b'b', 0x00];
     const PINGREQ: [u8; 2] = [0xc0, 0x00];
@@ -165,14 +178,14 @@ mod tests {
 
     #[test]
     fn passes_subscribe_and_ping() {
-        let mut gate = PublishGate::new(false);
+        let mut gate = PublishGate::new(false, LIMIT);
         let stream = [&SUBSCRIBE[..], &PINGREQ[..], &SUBSCRIBE[..]].concat();
         assert_eq!(gate.scan(&stream), Scan::Clear);
     }
 
     #[test]
     fn stops_at_publish_after_other_packets() {
-        let mut gate = PublishGate::new(false);
+        let mut gate = PublishGate::new(false, LIMIT);
         let stream = [&PINGREQ[..], &SUBSCRIBE[..], &PUBLISH[..]].concat();
         assert_eq!(gate.scan(&stream), Scan::Publish { at: 12 });
     }
@@ -181,7 +194,7 @@ mod tests {
     fn publish_byte_in_payload_passes() {
         // A SUBSCRIBE whose topic filter is made of 0x30 bytes.
         let subscribe = [0x82, 0x07, 0x00, 0x01, 0x00, 0x02, 0x30, 0x30, 0x00];
-        let mut gate = PublishGate::new(false);
+        let mut gate = PublishGate::new(false, LIMIT);
         assert_eq!(gate.scan(&subscribe), Scan::Clear);
         assert_eq!(gate.scan(&PUBLISH), Scan::Publish { at: 0 });
     }
@@ -189,7 +202,7 @@ mod tests {
     #[test]
     fn frames_packets_split_at_every_byte() {
         let stream = [&SUBSCRIBE[..], &PINGREQ[..], &PUBLISH[..]].concat();
-        let mut gate = PublishGate::new(false);
+        let mut gate = PublishGate::new(false, LIMIT);
         for (index, byte) in stream.iter().enumerate() {
             let scan = gate.scan(std::slice::from_ref(byte));
             if index == SUBSCRIBE.len() + PINGREQ.len() {
@@ -206,7 +219,7 @@ mod tests {
         // An UNSUBSCRIBE with a remaining length of 200 (0xc8 0x01); its body is 0x30 bytes.
         let mut packet = vec![0xa2, 0xc8, 0x01];
         packet.extend(std::iter::repeat_n(0x30, 200));
-        let mut gate = PublishGate::new(false);
+        let mut gate = PublishGate::new(false, LIMIT);
         assert_eq!(gate.scan(&packet[..100]), Scan::Clear);
         assert_eq!(gate.scan(&packet[100..]), Scan::Clear);
         assert_eq!(gate.scan(&PUBLISH), Scan::Publish { at: 0 });
@@ -214,7 +227,7 @@ mod tests {
 
     #[test]
     fn publisher_passes_publish() {
-        let mut gate = PublishGate::new(true);
+        let mut gate = PublishGate::new(true, LIMIT);
         assert_eq!(gate.scan(&[&PUBLISH[..], &SUBSCRIBE[..]].concat()), Scan::Clear);
     }
 
@@ -225,9 +238,9 @@ mod tests {
         subscribe.extend_from_slice(b"$share/g/a");
         subscribe.push(0x00);
         let stream = [&PINGREQ[..], &subscribe[..]].concat();
-        assert_eq!(PublishGate::new(true).scan(&stream), Scan::SharedSubscription { pass: 2 });
+        assert_eq!(PublishGate::new(true, LIMIT).scan(&stream), Scan::SharedSubscription { pass: 2 });
 
-        let mut gate = PublishGate::new(true);
+        let mut gate = PublishGate::new(true, LIMIT);
         let split = PINGREQ.len() + 9;
         assert_eq!(gate.scan(&stream[..split]), Scan::Clear);
         assert_eq!(gate.scan(&stream[split..]), Scan::SharedSubscription { pass: 0 });
@@ -237,12 +250,26 @@ mod tests {
     fn share_word_in_publish_payload_passes() {
         let mut publish = vec![0x30, 0x0a, 0x00, 0x01, b'a'];
         publish.extend_from_slice(b"$share/");
-        assert_eq!(PublishGate::new(true).scan(&publish), Scan::Clear);
+        assert_eq!(PublishGate::new(true, LIMIT).scan(&publish), Scan::Clear);
+    }
+
+    #[test]
+    fn oversized_packet_stops_at_start() {
+        // A PUBLISH with a remaining length of 1025 (0x81 0x08), after a PINGREQ.
+        let stream = [&PINGREQ[..], &[0x30, 0x81, 0x08, 0x00, 0x01, b'a'][..]].concat();
+        assert_eq!(PublishGate::new(true, LIMIT).scan(&stream), Scan::TooLarge { pass: 2 });
+
+        let mut gate = PublishGate::new(true, LIMIT);
+        assert_eq!(gate.scan(&stream[..4]), Scan::Clear);
+        assert_eq!(gate.scan(&stream[4..]), Scan::TooLarge { pass: 0 });
+
+        let at_limit = [0x30, 0x80, 0x08];
+        assert_eq!(PublishGate::new(true, LIMIT).scan(&at_limit), Scan::Clear);
     }
 
     #[test]
     fn five_byte_length_is_malformed() {
-        let mut gate = PublishGate::new(false);
+        let mut gate = PublishGate::new(false, LIMIT);
         assert_eq!(gate.scan(&[0xc0, 0x80, 0x80, 0x80, 0x80, 0x01]), Scan::Malformed);
     }
 }

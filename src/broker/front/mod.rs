@@ -26,6 +26,7 @@ pub use credentials::Credentials;
 pub use policy::AuthPolicy;
 
 use connect::{ClientConnect, Version};
+use gate::PublishGate;
 use policy::Admission;
 use relay::SubscriberEnd;
 use crate::stats::{ConnectRejectReason, LogLimiter, Stats};
@@ -45,6 +46,7 @@ static LOGIN_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
 static SHARED_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(10));
 static PUBLISH_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
 static UPSTREAM_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
+static TOO_LARGE_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
 
 /// Settings of the front.
 #[derive(Debug)]
@@ -59,6 +61,9 @@ pub struct FrontSettings {
     pub connect_timeout: Duration,
     /// Open client connections beyond this are closed at once.
     pub max_connections: usize,
+    /// The largest remaining length of a packet after CONNECT; a client that sends a larger
+    /// one is disconnected.
+    pub max_packet_bytes: usize,
     pub stats: Arc<Stats>,
 }
 
@@ -144,7 +149,8 @@ async fn serve_connection(mut client: TcpStream, settings: Arc<FrontSettings>, _
     Stats::add(counter, 1);
     tracing::debug!(client_id, version = version.as_str(), may_publish, "MQTT client connected");
 
-    relay_client(client, upstream, version, connect_bytes, rest, &client_id, &settings.stats, may_publish).await;
+    let gate = PublishGate::new(may_publish, settings.max_packet_bytes);
+    relay_client(client, upstream, version, connect_bytes, rest, &client_id, &settings.stats, gate).await;
 }
 
 /// Reads the CONNECT packet under the timeout. On failure it counts the rejection, sends a
@@ -212,9 +218,9 @@ async fn relay_client(
     rest: bytes::BytesMut,
     client_id: &str,
     stats: &Stats,
-    may_publish: bool,
+    gate: PublishGate,
 ) {
-    match relay::relay_client_stream(client, upstream, version, connect, rest, stats, may_publish).await {
+    match relay::relay_client_stream(client, upstream, version, connect, rest, stats, gate).await {
         Ok(SubscriberEnd::SharedSubscription) => {
             if let Some(suppressed) = SHARED_LOG.check() {
                 tracing::warn!(client_id, suppressed, "MQTT client asked for a shared subscription, which the embedded broker does not serve; disconnected");
@@ -223,6 +229,11 @@ async fn relay_client(
         Ok(SubscriberEnd::Publish) => {
             if let Some(suppressed) = PUBLISH_LOG.check() {
                 tracing::warn!(client_id, suppressed, "MQTT client without the publisher login sent a PUBLISH; disconnected");
+            }
+        }
+        Ok(SubscriberEnd::TooLarge) => {
+            if let Some(suppressed) = TOO_LARGE_LOG.check() {
+                tracing::warn!(client_id, suppressed, "MQTT client sent a packet over stream.batch.max_bytes; disconnected");
             }
         }
         Ok(end) => tracing::debug!(client_id, ?end, "MQTT client disconnected"),

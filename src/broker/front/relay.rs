@@ -1,8 +1,8 @@
 //! Copying a client's connection to the internal broker listener once its CONNECT passed.
 //!
 //! Every client's bytes toward the broker pass the gate, which frames packets and stops a
-//! PUBLISH from a client without the publisher login and any shared subscription; the
-//! broker's bytes toward a client are never parsed.
+//! PUBLISH from a client without the publisher login, any shared subscription and any
+//! packet over the size limit. The broker's bytes toward a client are never parsed.
 
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use super::connect::{self, Version};
 use super::gate::{PublishGate, Scan};
-use crate::stats::Stats;
+use crate::stats::{RejectReason, Stats};
 
 /// Bytes read from a subscriber per step; tokio's own copy uses the same size.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
@@ -33,15 +33,17 @@ pub enum SubscriberEnd {
     Malformed,
     /// The client sent a SUBSCRIBE to a shared subscription; it never reached the broker.
     SharedSubscription,
+    /// The client sent a packet over the size limit; it never reached the broker.
+    TooLarge,
 }
 
-/// Sends the CONNECT packet, then relays the client through the gate; `allow_publish` lets
-/// its PUBLISH packets pass.
+/// Sends the CONNECT packet, then relays the client through `gate`.
 ///
-/// At a PUBLISH the front stops forwarding and closes the broker side. It lets what the
-/// broker already sent reach the client and then closes the client, after an MQTT 5
-/// DISCONNECT (reason 0x87, not authorized) when the client speaks MQTT 5. The PUBLISH is counted
-/// in `stats` before the client is closed.
+/// At a packet the gate stops, the front stops forwarding and closes the broker side. It
+/// lets what the broker already sent reach the client and then closes the client, after an
+/// MQTT 5 DISCONNECT (reason 0x87, not authorized, for a PUBLISH, or 0x95, packet too large)
+/// when the client speaks MQTT 5. Either packet is counted in `stats` before the client is
+/// closed.
 pub async fn relay_client_stream(
     client: TcpStream,
     upstream: TcpStream,
@@ -49,7 +51,7 @@ pub async fn relay_client_stream(
     connect: BytesMut,
     rest: BytesMut,
     stats: &Stats,
-    allow_publish: bool,
+    gate: PublishGate,
 ) -> std::io::Result<SubscriberEnd> {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut upstream_read, mut upstream_write) = upstream.into_split();
@@ -58,7 +60,7 @@ pub async fn relay_client_stream(
     let (end, drained) = {
         let downstream = tokio::io::copy(&mut upstream_read, &mut client_write);
         tokio::pin!(downstream);
-        let gated = forward_gated(&mut client_read, &mut upstream_write, rest, allow_publish);
+        let gated = forward_gated(&mut client_read, &mut upstream_write, rest, gate);
 
         let end = tokio::select! {
             result = &mut downstream => {
@@ -68,8 +70,10 @@ pub async fn relay_client_stream(
             end = gated => end?,
         };
 
-        if end == SubscriberEnd::Publish {
-            Stats::add(&stats.mqtt_unauthorized_publishes, 1);
+        match end {
+            SubscriberEnd::Publish => Stats::add(&stats.mqtt_unauthorized_publishes, 1),
+            SubscriberEnd::TooLarge => stats.reject(RejectReason::PayloadTooLarge),
+            _ => {}
         }
 
         // The broker reads end-of-stream, ends the session and then closes its side.
@@ -78,9 +82,14 @@ pub async fn relay_client_stream(
         (end, matches!(drained, Ok(Ok(_))))
     };
 
-    if end == SubscriberEnd::Publish && version == Version::V5 && drained {
+    let disconnect = match end {
+        SubscriberEnd::Publish => Some(&connect::NOT_AUTHORIZED_DISCONNECT),
+        SubscriberEnd::TooLarge => Some(&connect::PACKET_TOO_LARGE_DISCONNECT),
+        _ => None,
+    };
+    if let (Some(disconnect), Version::V5, true) = (disconnect, version, drained) {
         // Only after a complete drain does the DISCONNECT start at a packet boundary.
-        client_write.write_all(&connect::NOT_AUTHORIZED_DISCONNECT).await?;
+        client_write.write_all(disconnect).await?;
     }
     client_write.shutdown().await?;
 
@@ -97,15 +106,14 @@ async fn discard_until_closed(client: &mut OwnedReadHalf) -> std::io::Result<()>
     Ok(())
 }
 
-/// Forwards the client's bytes through the gate until the client closes, sends a PUBLISH or
-/// breaks the framing.
+/// Forwards the client's bytes through the gate until the client closes, sends a packet
+/// the gate stops, or breaks the framing.
 async fn forward_gated(
     client: &mut OwnedReadHalf,
     upstream: &mut OwnedWriteHalf,
     rest: BytesMut,
-    allow_publish: bool,
+    mut gate: PublishGate,
 ) -> std::io::Result<SubscriberEnd> {
-    let mut gate = PublishGate::new(allow_publish);
     if let Some(end) = pass_through_gate(&mut gate, &rest, upstream).await? {
         return Ok(end);
     }
@@ -139,6 +147,10 @@ async fn pass_through_gate(
         Scan::SharedSubscription { pass } => {
             upstream.write_all(&chunk[..pass]).await?;
             Ok(Some(SubscriberEnd::SharedSubscription))
+        }
+        Scan::TooLarge { pass } => {
+            upstream.write_all(&chunk[..pass]).await?;
+            Ok(Some(SubscriberEnd::TooLarge))
         }
         Scan::Malformed => Ok(Some(SubscriberEnd::Malformed)),
     }
