@@ -226,3 +226,38 @@ async fn join_dropped_halfway_leaves_no_dead_filter() {
     let event = tokio::time::timeout(Duration::from_secs(10), membership.events.recv()).await;
     assert!(matches!(event, Ok(Some(_))), "the filter of the dropped join delivers nothing");
 }
+
+/// Polls the status until `ready` holds for the hub's counts.
+async fn wait_for_hub(server: &TestServer, what: &str, ready: impl Fn(&Value) -> bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let status = server.status().await;
+        if ready(&status["hub"]) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A stream that joins a filter while it lingers keeps it when the linger time runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_during_linger_keeps_filter() {
+    let server = TestServer::start_with(&[("stream.history.linger_secs", "1")]).await;
+    drop(SseClient::connect(&server.stream_url(&["test"])).await);
+    wait_for_hub(&server, "`test` to linger", |hub| hub["idle_filters"] == 1).await;
+    let mut joined = SseClient::connect(&server.stream_url(&["test"])).await;
+
+    // `other` starts lingering later than `test`, so once it is gone, the linger time of
+    // `test` has run out too.
+    drop(SseClient::connect(&server.stream_url(&["other"])).await);
+    wait_for_hub(&server, "`other` to linger", |hub| hub["filters"] == 2 && hub["idle_filters"] == 1).await;
+    wait_for_hub(&server, "`other` to be dropped", |hub| hub["filters"] == 1).await;
+
+    let message = r#"{"source_type":"test","id_str":"after-linger","text":"still here"}"#;
+    assert_eq!(server.push(message).await.status(), 200);
+    let event = joined.next_event().await.expect("the stream that joined during the linger ended");
+    assert_eq!(id_str_of(&event), "after-linger");
+    let status = server.status().await;
+    assert_eq!(status["hub"]["subscribers"], 1, "{status}");
+}

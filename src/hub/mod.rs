@@ -282,7 +282,10 @@ impl Hub {
                     .filters
                     .get(&filter)
                     .is_some_and(|entry| entry.clients.is_empty() && entry.idle_count == idle_count);
-                if let (true, Some(entry)) = (still_idle, registry.filters.remove(&filter)) {
+                if !still_idle {
+                    continue;
+                }
+                if let Some(entry) = registry.filters.remove(&filter) {
                     registry.by_subscription.remove(&entry.subscription);
                     dropped.push(filter);
                 }
