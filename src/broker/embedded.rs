@@ -27,7 +27,9 @@ use rumqttd::protocol::{
     Filter, Packet, Protocol, Publish, QoS, RetainForwardRule, Subscribe, SubscribeProperties,
     SubscribeReasonCode, Unsubscribe,
 };
-use rumqttd::{ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings};
+use rumqttd::{
+    ConnectionSettings, LinkType, Notification, Router, RouterConfig, SegmentConfig, Server, ServerSettings,
+};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -266,12 +268,22 @@ fn connection_settings(config: &Config, login: Option<&Credentials>) -> Connecti
     }
 }
 
+/// Builds the router's settings. The ingest filter gets a log of its own size: the router never
+/// waits for a slow subscriber, so that log alone holds a burst the ingest loop is still
+/// working through.
 fn router_config(config: &Config) -> RouterConfig {
+    let ingest_log = SegmentConfig {
+        max_segment_size: config.mqtt.log_segment_bytes,
+        max_segment_count: config.mqtt.ingest_log_segments,
+    };
     RouterConfig {
         max_connections: config.mqtt.max_connections,
         max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
         max_segment_size: config.mqtt.log_segment_bytes,
         max_segment_count: config.mqtt.log_segments,
+        // rumqttd gives this log to each subscribed filter that matches the key when read as a
+        // topic: the ingest filter itself and any narrower filter under it.
+        custom_segment: Some(HashMap::from([(config.stream.ingest_topic.clone(), ingest_log)])),
         ..RouterConfig::default()
     }
 }
