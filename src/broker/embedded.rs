@@ -388,17 +388,12 @@ fn spawn_publisher_thread(
     healthy: Arc<AtomicBool>,
 ) -> Result<(), BrokerError> {
     let run = move || {
-        while let Ok(batch) = queue.recv() {
-            let Some((last, rest)) = batch.split_last() else {
+        while let Ok(mut batch) = queue.recv() {
+            let Some(last) = batch.pop() else {
                 continue;
             };
-            {
-                let mut buffer = tx.buffer();
-                for publication in rest {
-                    buffer.push_back(publish_packet(publication));
-                }
-            }
-            if let Err(error) = tx.publish(last.topic.clone(), last.payload.clone()) {
+            tx.buffer().extend(batch.into_iter().map(publish_packet));
+            if let Err(error) = tx.publish(last.topic, last.payload) {
                 tracing::error!(%error, "broker publisher link failed; channels are no longer published");
                 healthy.store(false, Ordering::Relaxed);
                 return;
@@ -412,9 +407,10 @@ fn spawn_publisher_thread(
         .map_err(|error| BrokerError::Link(format!("cannot start the publisher thread: {error}")))
 }
 
-fn publish_packet(publication: &Publication) -> Packet {
-    let topic = Bytes::copy_from_slice(publication.topic.as_bytes());
-    Packet::Publish(Publish::new(topic, publication.payload.clone(), false), None)
+/// Converts a publication without copying: the topic's `String` becomes the `Bytes`.
+fn publish_packet(publication: Publication) -> Packet {
+    let topic = Bytes::from(publication.topic);
+    Packet::Publish(Publish::new(topic, publication.payload, false), None)
 }
 
 /// Subscriptions waiting for their SUBACK, by packet id.
