@@ -358,3 +358,7 @@ fn settle_when_written(claim: Claim, written: Written) -> oneshot::Receiver<Resu
 fn lock_dedupe(dedupe: &Mutex<DedupeWindow<WriteSettled>>) -> MutexGuard<'_, DedupeWindow<WriteSettled>> {
     dedupe.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+#[cfg(test)]
+#[path = "publisher_tests.rs"]
+mod tests;
