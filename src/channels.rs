@@ -259,7 +259,7 @@ fn for_each_signed_name<'t>(
     excluded_before: &[char],
     mut found: impl FnMut(&'t str),
 ) {
-    // Most texts hold no sign, or few tokens that do. Both tests are cheaper than the URL
+    // Most texts contain no sign, or few tokens that do. Both tests are cheaper than the URL
     // check, and they skip nothing that could give a name.
     if !text.contains(is_sign) {
         return;

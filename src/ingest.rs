@@ -18,9 +18,9 @@ pub async fn subscribe(session: &Session, filter: &str) -> Result<(), BrokerErro
     session.subscribe(filter).await.map(drop)
 }
 
-/// Deliveries handled as one batch at most. Only deliveries already queued join a batch, so
-/// batching adds no wait; under load it shares one dump append, one broker hand-off and
-/// one dedupe settlement among many messages.
+/// Maximum deliveries in one batch. Only deliveries already queued join a batch, so batching
+/// adds no wait. Under load, the messages of a batch share one dump append, one broker
+/// hand-off and one dedupe settlement.
 const MAX_BATCH_DELIVERIES: usize = 256;
 
 /// Payload bytes after which a batch takes no further delivery, so that one batch of large
@@ -104,8 +104,8 @@ struct Ingest {
 }
 
 impl Ingest {
-    /// Publishes the messages of `batch` together; rejections and losses are counted one
-    /// delivery at a time.
+    /// Publishes the messages of `batch` together. Rejections and losses are counted per
+    /// delivery.
     async fn handle(&self, batch: Vec<Delivery>) {
         let mut messages = Vec::with_capacity(batch.len());
         for delivery in &batch {

@@ -1,5 +1,5 @@
 //! A burst of MQTT publishes at QoS 0 with the real corpus, sent faster than the server
-//! processes them. The ingest filter's log in the embedded broker holds the backlog, so no
+//! processes them. The ingest filter's log in the embedded broker keeps the backlog, so no
 //! message is lost and each one is stored and published once.
 
 mod common;
@@ -24,7 +24,7 @@ fn is_sentinel(event: &SseEvent) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos0_burst_loses_nothing() {
     // Channel logs of 4 x 64 KiB are far smaller than the corpus (about 4.9 MB); the ingest
-    // log of 128 x 64 KiB = 8 MiB holds all of it.
+    // log of 128 x 64 KiB = 8 MiB has room for all of it.
     let mut server = TestServer::start_with(&[
         ("mqtt.log.segment_bytes", "65536"),
         ("mqtt.log.segments", "4"),

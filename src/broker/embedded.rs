@@ -268,9 +268,9 @@ fn connection_settings(config: &Config, login: Option<&Credentials>) -> Connecti
     }
 }
 
-/// Builds the router's settings. The ingest filter gets a log of its own size: the router never
-/// waits for a slow subscriber, so that log alone holds a burst the ingest loop is still
-/// working through.
+/// Builds the router's settings. The ingest filter gets a log of its own size, because the
+/// router (rumqttd 0.20) never waits for a slow subscriber. That log is the only buffer for
+/// a burst that the ingest loop is still working through.
 fn router_config(config: &Config) -> RouterConfig {
     let ingest_log = SegmentConfig {
         max_segment_size: config.mqtt.log_segment_bytes,
