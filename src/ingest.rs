@@ -23,8 +23,8 @@ pub async fn subscribe(session: &Session, filter: &str) -> Result<(), BrokerErro
 /// hand-off and one dedupe settlement.
 const MAX_BATCH_DELIVERIES: usize = 256;
 
-/// Payload bytes after which a batch takes no further delivery, so that one batch of large
-/// payloads cannot hold many megabytes of lines at once.
+/// Payload bytes after which a batch takes no further delivery, so that a batch of large
+/// payloads stays near this size plus its last payload.
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 /// Runs until `shutdown` fires or the session ends. On shutdown it first publishes what
