@@ -259,7 +259,13 @@ fn for_each_signed_name<'t>(
     excluded_before: &[char],
     mut found: impl FnMut(&'t str),
 ) {
-    for token in non_url_tokens(text) {
+    // Most texts contain no sign, or few tokens that do. Both tests are cheaper than the URL
+    // check, and they skip nothing that could give a name.
+    if !text.contains(is_sign) {
+        return;
+    }
+    let signed_tokens = text.split_whitespace().filter(|token| token.contains(is_sign));
+    for token in signed_tokens.filter(|token| !is_url_token(token)) {
         let mut previous: Option<char> = None;
         let mut chars = token.chars();
 

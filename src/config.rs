@@ -39,6 +39,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("mqtt.password", ""),
     ("mqtt.log.segment_bytes", "8388608"),
     ("mqtt.log.segments", "4"),
+    ("mqtt.ingest.log.segments", "16"),
     ("stream.enabled", "true"),
     ("stream.mqtt.address", "tcp://127.0.0.1:1883"),
     ("stream.mqtt.share_group", "lokstream"),
@@ -126,6 +127,9 @@ pub struct MqttConfig {
     /// how far a slow subscriber may fall behind before it loses messages.
     pub log_segment_bytes: usize,
     pub log_segments: usize,
+    /// Segments of `log_segment_bytes` kept for the ingest filter: the backlog of published
+    /// messages that the ingest loop may fall behind by before the broker drops some.
+    pub ingest_log_segments: usize,
     /// The external broker, used when `embedded` is false.
     pub external_address: BrokerAddress,
     /// Credentials for the external broker; `None` when empty.
@@ -529,6 +533,7 @@ fn mqtt_config(s: &Settings) -> Result<MqttConfig, ConfigError> {
         // rumqttd panics on segments under 1 KiB.
         log_segment_bytes: s.usize_at_least("mqtt.log.segment_bytes", 1024)?,
         log_segments: s.usize_at_least("mqtt.log.segments", 1)?,
+        ingest_log_segments: s.usize_at_least("mqtt.ingest.log.segments", 1)?,
         external_address,
         username: optional("mqtt.username"),
         password: optional("mqtt.password"),

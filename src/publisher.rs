@@ -166,24 +166,53 @@ impl Publisher {
 
     /// Publishes every message of `payload`, or rejects the payload whole.
     pub async fn publish(&self, payload: &[u8], origin: Origin<'_>) -> Result<Outcome, PublishError> {
-        let messages = match message::parse_payload(payload, &self.limits) {
-            Ok(messages) => messages,
-            Err(rejection) => {
-                self.record_rejection(&rejection, origin);
-                return Err(rejection.into());
+        let messages = self.parse(payload, origin)?;
+        let outcome = self.publish_messages(messages).await?;
+        tracing::trace!(accepted = outcome.accepted, duplicates = outcome.duplicates, ?origin, "payload published");
+        Ok(outcome)
+    }
+
+    /// Publishes the messages of several payloads with one dump append and one broker
+    /// hand-off, in the order given. Each payload is accepted or rejected whole, on its own:
+    /// a rejected payload is counted and logged here, and the others go on. The outcome
+    /// covers the accepted payloads together.
+    pub async fn publish_batch(&self, payloads: &[(&[u8], Origin<'_>)]) -> Result<Outcome, PublishError> {
+        let mut messages = Vec::with_capacity(payloads.len());
+        for &(payload, origin) in payloads {
+            if let Ok(parsed) = self.parse(payload, origin) {
+                messages.extend(parsed);
             }
-        };
+        }
+        let outcome = self.publish_messages(messages).await?;
+        tracing::trace!(
+            payloads = payloads.len(),
+            accepted = outcome.accepted,
+            duplicates = outcome.duplicates,
+            "batch published"
+        );
+        Ok(outcome)
+    }
+
+    /// Splits `payload` into messages, or counts, logs and returns its rejection.
+    fn parse<'a>(&self, payload: &'a [u8], origin: Origin<'_>) -> Result<Vec<Message<'a>>, Rejection> {
+        message::parse_payload(payload, &self.limits).inspect_err(|rejection| self.record_rejection(rejection, origin))
+    }
+
+    /// Dedupes, stamps, appends and publishes parsed messages. Everything that needs no
+    /// stream id runs before the id lock is taken.
+    async fn publish_messages(&self, messages: Vec<Message<'_>>) -> Result<Outcome, PublishError> {
         let prepared: Vec<Prepared<'_>> = messages.into_iter().map(|m| self.prepare(m)).collect();
         let Claimed { claim, duplicate } = self.claim_ids(&prepared).await;
+        let received = prepared.len();
 
         let ids = self.ids.lock().await;
-        let mut lines = Vec::with_capacity(prepared.len());
+        let mut lines = Vec::with_capacity(received);
         let mut publications = Vec::new();
-        for (item, _) in prepared.iter().zip(&duplicate).filter(|(_, duplicate)| !**duplicate) {
+        for (item, _) in prepared.into_iter().zip(duplicate).filter(|(_, duplicate)| !*duplicate) {
             let line = item.message.to_line(ids.next_id());
-            for topic in &item.channels {
+            for topic in item.channels {
                 publications.push(Publication {
-                    topic: topic.clone(),
+                    topic,
                     payload: line.clone(),
                 });
             }
@@ -191,7 +220,7 @@ impl Publisher {
         }
 
         let accepted = lines.len();
-        let duplicates = prepared.len() - accepted;
+        let duplicates = received - accepted;
         let channel_publishes = publications.len() as u64;
         self.stats.channel_activity.record(publications.iter().map(|publication| publication.topic.as_str()));
         // An error or a cancelled append drops the claim, which makes the ids new again.
@@ -206,7 +235,6 @@ impl Publisher {
         Stats::add(&self.stats.messages_accepted, accepted as u64);
         Stats::add(&self.stats.messages_duplicate, duplicates as u64);
         Stats::add(&self.stats.channel_publishes, channel_publishes);
-        tracing::trace!(accepted, duplicates, ?origin, "payload published");
         Ok(Outcome {
             accepted,
             duplicates,
@@ -330,3 +358,7 @@ fn settle_when_written(claim: Claim, written: Written) -> oneshot::Receiver<Resu
 fn lock_dedupe(dedupe: &Mutex<DedupeWindow<WriteSettled>>) -> MutexGuard<'_, DedupeWindow<WriteSettled>> {
     dedupe.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+#[cfg(test)]
+#[path = "publisher_tests.rs"]
+mod tests;

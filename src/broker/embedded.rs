@@ -27,7 +27,9 @@ use rumqttd::protocol::{
     Filter, Packet, Protocol, Publish, QoS, RetainForwardRule, Subscribe, SubscribeProperties,
     SubscribeReasonCode, Unsubscribe,
 };
-use rumqttd::{ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings};
+use rumqttd::{
+    ConnectionSettings, LinkType, Notification, Router, RouterConfig, SegmentConfig, Server, ServerSettings,
+};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -271,12 +273,22 @@ fn connection_settings(config: &Config, login: Option<&Credentials>) -> Connecti
     }
 }
 
+/// Builds the router's settings. The ingest filter gets a log of its own size, because the
+/// router (rumqttd 0.20) never waits for a slow subscriber. That log is the only buffer for
+/// a burst that the ingest loop is still working through.
 fn router_config(config: &Config) -> RouterConfig {
+    let ingest_log = SegmentConfig {
+        max_segment_size: config.mqtt.log_segment_bytes,
+        max_segment_count: config.mqtt.ingest_log_segments,
+    };
     RouterConfig {
         max_connections: config.mqtt.max_connections + LOCAL_LINK_ALLOWANCE,
         max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
         max_segment_size: config.mqtt.log_segment_bytes,
         max_segment_count: config.mqtt.log_segments,
+        // rumqttd gives this log to each subscribed filter that matches the key when read as a
+        // topic: the ingest filter itself and any narrower filter under it.
+        custom_segment: Some(HashMap::from([(config.stream.ingest_topic.clone(), ingest_log)])),
         ..RouterConfig::default()
     }
 }
@@ -381,17 +393,12 @@ fn spawn_publisher_thread(
     healthy: Arc<AtomicBool>,
 ) -> Result<(), BrokerError> {
     let run = move || {
-        while let Ok(batch) = queue.recv() {
-            let Some((last, rest)) = batch.split_last() else {
+        while let Ok(mut batch) = queue.recv() {
+            let Some(last) = batch.pop() else {
                 continue;
             };
-            {
-                let mut buffer = tx.buffer();
-                for publication in rest {
-                    buffer.push_back(publish_packet(publication));
-                }
-            }
-            if let Err(error) = tx.publish(last.topic.clone(), last.payload.clone()) {
+            tx.buffer().extend(batch.into_iter().map(publish_packet));
+            if let Err(error) = tx.publish(last.topic, last.payload) {
                 tracing::error!(%error, "broker publisher link failed; channels are no longer published");
                 healthy.store(false, Ordering::Relaxed);
                 return;
@@ -405,9 +412,10 @@ fn spawn_publisher_thread(
         .map_err(|error| BrokerError::Link(format!("cannot start the publisher thread: {error}")))
 }
 
-fn publish_packet(publication: &Publication) -> Packet {
-    let topic = Bytes::copy_from_slice(publication.topic.as_bytes());
-    Packet::Publish(Publish::new(topic, publication.payload.clone(), false), None)
+/// Converts a publication without copying: the topic's `String` becomes the `Bytes`.
+fn publish_packet(publication: Publication) -> Packet {
+    let topic = Bytes::from(publication.topic);
+    Packet::Publish(Publish::new(topic, publication.payload, false), None)
 }
 
 /// Subscriptions waiting for their SUBACK, by packet id.
