@@ -210,11 +210,11 @@ async fn join_dropped_halfway_leaves_no_dead_filter() {
 
     // One poll starts the join, which then waits for the first SUBACK; the request goes
     // away before the second filter is subscribed.
-    let mut join = Box::pin(hub.join(vec!["first".into(), "second".into()], Resume::Live));
+    let mut join = Box::pin(hub.join(vec!["first".into(), "second".into()], Resume::Live, Default::default()));
     let _ = join.as_mut().now_or_never();
     drop(join);
 
-    let mut membership = tokio::time::timeout(PATIENCE, hub.join(vec!["second".into()], Resume::Live))
+    let mut membership = tokio::time::timeout(PATIENCE, hub.join(vec!["second".into()], Resume::Live, Default::default()))
         .await
         .expect("join timed out")
         .expect("join failed");

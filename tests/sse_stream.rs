@@ -541,11 +541,22 @@ async fn shutdown_ends_open_streams() {
 }
 
 /// Opens a stream on a raw socket with a small receive buffer and reads only the response
-/// head, so the server's writes soon block.
-async fn open_stalled_stream(server: &TestServer, channel: &str) -> tokio::net::TcpStream {
+/// head, so the server's writes soon block. With `after_other_request` the stream is the
+/// second request of a kept-alive connection.
+async fn open_stalled_stream(server: &TestServer, channel: &str, after_other_request: bool) -> tokio::net::TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(server.http).await.unwrap();
+    if after_other_request {
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").await.unwrap();
+        let mut response = Vec::new();
+        while !String::from_utf8_lossy(&response).contains('}') {
+            let mut chunk = [0u8; 512];
+            let read = tokio::time::timeout(PATIENCE, stream.read(&mut chunk)).await.expect("timed out reading /healthz").unwrap();
+            assert!(read > 0, "connection closed after /healthz");
+            response.extend_from_slice(&chunk[..read]);
+        }
+    }
     let request = format!(
         "GET /api/stream.json?channel={} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
         common::urlencode(channel),
@@ -573,7 +584,7 @@ async fn slow_client_is_disconnected() {
     let server = TestServer::start_with(&[("stream.client.queue_events", "16")]).await;
     // '#' matches every channel of a message, several per message, so the stalled socket
     // fills several times faster than a stream of 'all' would.
-    let mut stalled = open_stalled_stream(&server, "#").await;
+    let mut stalled = open_stalled_stream(&server, "#", false).await;
     let mut reader = SseClient::connect(&server.stream_url(&["all"])).await;
 
     // The reading client takes each batch before the next is pushed, so it never has more
@@ -604,6 +615,9 @@ async fn slow_client_is_disconnected() {
 
     let status = poll_status(&server, |status| status["sse"]["slow_disconnects"].as_u64() >= Some(1)).await;
     assert!(status["sse"]["slow_disconnects"].as_u64() >= Some(1), "no slow client was disconnected: {}", status["sse"]);
+    // The stalled stream is gone while its client still reads nothing.
+    let status = poll_status(&server, |status| status["sse"]["connections_open"] == 1).await;
+    assert_eq!(status["sse"]["connections_open"], 1, "the stalled stream is still open: {}", status["sse"]);
 
     // The server ended the stalled stream: what it had sent drains, then the socket closes.
     let drained = tokio::time::timeout(PATIENCE, async {
@@ -616,4 +630,30 @@ async fn slow_client_is_disconnected() {
     })
     .await;
     assert!(drained.is_ok(), "the server did not close the stream of the slow client");
+}
+
+/// Opens a stalled stream and pushes until its writes block for good and the hub
+/// disconnects it; the stream must then close while its client still reads nothing.
+async fn check_stalled_stream_closes(after_other_request: bool) {
+    let server = TestServer::start().await;
+    let _stalled = open_stalled_stream(&server, "#", after_other_request).await;
+    let lines: Vec<String> = corpus_lines().into_iter().take(6000).collect();
+    for batch in lines.chunks(100) {
+        let response = server.push(format!("[{}]", batch.join(","))).await;
+        assert_eq!(response.status(), 200);
+    }
+    let status = poll_status(&server, |status| status["sse"]["connections_open"] == 0).await;
+    assert_eq!(status["sse"]["connections_open"], 0, "the stalled stream is still open: {}", status["sse"]);
+    assert!(status["sse"]["slow_disconnects"].as_u64() >= Some(1), "{}", status["sse"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_stream_closes_unread() {
+    check_stalled_stream_closes(false).await;
+}
+
+/// hyper serves a stream on a connection that carried another request first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_kept_alive_stream_closes_unread() {
+    check_stalled_stream_closes(true).await;
 }

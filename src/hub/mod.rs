@@ -183,19 +183,19 @@ impl Hub {
 
     /// Adds a connection for `filters` (valid and distinct) and returns once the broker
     /// confirmed every subscription, so nothing published afterwards is missed. With a
-    /// `resume` point the membership carries the events missed since then.
-    pub async fn join(self: &Arc<Self>, filters: Vec<String>, resume: Resume) -> Result<Membership, BrokerError> {
+    /// `resume` point the membership carries the events missed since then. The hub cancels
+    /// `evicted` when the connection falls behind.
+    pub async fn join(self: &Arc<Self>, filters: Vec<String>, resume: Resume, evicted: CancellationToken) -> Result<Membership, BrokerError> {
         // A request dropped halfway through would leave later filters registered but never
         // subscribed, so the join runs to its end in a task of its own.
         let hub = self.clone();
-        tokio::spawn(async move { hub.join_to_end(filters, resume).await })
+        tokio::spawn(async move { hub.join_to_end(filters, resume, evicted).await })
             .await
             .map_err(|error| BrokerError::Link(format!("the hub join task failed: {error}")))?
     }
 
-    async fn join_to_end(self: Arc<Self>, filters: Vec<String>, resume: Resume) -> Result<Membership, BrokerError> {
+    async fn join_to_end(self: Arc<Self>, filters: Vec<String>, resume: Resume, evicted: CancellationToken) -> Result<Membership, BrokerError> {
         let (queue, events) = mpsc::channel(self.options.queue_events);
-        let evicted = CancellationToken::new();
         let _control = self.control.lock().await;
 
         let (client, new_filters, replay, gap, position) = {

@@ -9,7 +9,6 @@
 mod prefixed;
 mod stream;
 
-use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
 
@@ -26,6 +25,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+/// A request extension on HTTP/1.x connections: cancelling the token closes the connection
+/// at once, even while a write to a client that stopped reading is blocked. A stream uses it
+/// to end when the hub disconnects a slow client.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionAbort(pub CancellationToken);
 
 /// Settings of the HTTP listener.
 #[derive(Clone)]
@@ -87,13 +92,19 @@ impl Connection {
     async fn serve_plain(self, mut socket: TcpStream) {
         let head = self.read_first_head(&socket).await;
         match head {
-            Some(stream::Head::Stream(request)) => {
-                let Some((body, chunked)) = stream::respond(&mut socket, request, self.app, &self.shutdown).await else {
+            Some(stream::Head::Stream(mut request)) => {
+                let abort = ConnectionAbort::default();
+                request.extensions_mut().insert(abort.clone());
+                let stops = stream::Stops {
+                    shutdown: self.shutdown,
+                    abort: abort.0,
+                };
+                let Some((body, chunked)) = stream::respond(&mut socket, request, self.app, &stops).await else {
                     return;
                 };
                 // The stream goes on in a task of its own, whose memory is only what
                 // writing the stream needs, and this one ends.
-                self.tasks.spawn(stream::write_body(socket, body, chunked, self.shutdown));
+                self.tasks.spawn(stream::write_body(socket, body, chunked, stops));
             }
             Some(stream::Head::Other(read)) => {
                 Box::pin(self.serve_hyper(prefixed::Prefixed::new(read, socket))).await;
@@ -140,31 +151,33 @@ impl Connection {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let service = TowerToHyperService::new(self.app.map_request(|request: Request<Incoming>| request.map(Body::new)));
+        let abort = ConnectionAbort::default();
+        let closer = abort.clone();
+        let service = TowerToHyperService::new(self.app.map_request(move |request: Request<Incoming>| {
+            let mut request = request.map(Body::new);
+            // An HTTP/2 connection carries other streams, so no single one may close it.
+            if request.version() <= axum::http::Version::HTTP_11 {
+                request.extensions_mut().insert(closer.clone());
+            }
+            request
+        }));
         let mut builder = Builder::new(TokioExecutor::new());
         // The timer enables hyper's limit on the time a client takes to send a request head.
         builder.http1().timer(TokioTimer::new()).header_read_timeout(self.header_timeout);
         let mut connection = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
         let result = tokio::select! {
             result = connection.as_mut() => result,
+            _ = abort.0.cancelled() => return,
             _ = self.shutdown.cancelled() => {
                 connection.as_mut().graceful_shutdown();
-                connection.await
+                tokio::select! {
+                    result = connection => result,
+                    _ = abort.0.cancelled() => return,
+                }
             }
         };
         if let Err(error) = result {
             tracing::debug!(peer = %self.peer, %error, "HTTP connection ended with an error");
         }
-    }
-}
-
-/// Runs `future` unless it is still pending once `shutdown` came; `None` then. A write
-/// that the socket takes at once still completes after shutdown, so a stream can end
-/// cleanly, and one blocked by a stalled client does not hold up the exit.
-async fn unless_shutdown<T>(shutdown: &CancellationToken, future: impl Future<Output = T>) -> Option<T> {
-    tokio::select! {
-        biased;
-        output = future => Some(output),
-        _ = shutdown.cancelled() => None,
     }
 }

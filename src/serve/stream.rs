@@ -8,6 +8,7 @@
 //! second request is read. Any other first request, and any head this module does not take
 //! (too long, a body, an upgrade, HTTP/2), goes to hyper with the bytes read so far.
 
+use std::future::Future;
 use std::io;
 use std::time::SystemTime;
 
@@ -21,7 +22,6 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::unless_shutdown;
 
 /// The path served here; every other path goes to hyper.
 const STREAM_PATH: &str = "/api/stream.json";
@@ -96,9 +96,31 @@ fn stream_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<Body>> {
     request.body(Body::empty()).ok()
 }
 
+/// What ends a stream's writes early.
+pub(super) struct Stops {
+    pub(super) shutdown: CancellationToken,
+    /// Cancelled when the hub disconnected the stream's client.
+    pub(super) abort: CancellationToken,
+}
+
+impl Stops {
+    /// Runs `future` unless it is still pending once the server stops or the connection is
+    /// aborted; `None` then. A write that the socket takes at once still completes after
+    /// shutdown, so a stream can end cleanly, while one blocked by a stalled client does not
+    /// hold up the exit.
+    async fn unless_stopped<T>(&self, future: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            biased;
+            output = future => Some(output),
+            _ = self.shutdown.cancelled() => None,
+            _ = self.abort.cancelled() => None,
+        }
+    }
+}
+
 /// Calls the router and writes the response head. Returns the body to write and whether
 /// it goes in chunks, or `None` when the socket failed or the server is stopping.
-pub(super) async fn respond(socket: &mut TcpStream, request: Request<Body>, app: Router, shutdown: &CancellationToken) -> Option<(Body, bool)> {
+pub(super) async fn respond(socket: &mut TcpStream, request: Request<Body>, app: Router, stops: &Stops) -> Option<(Body, bool)> {
     let version = request.version();
     let response = match app.oneshot(request).await {
         Ok(response) => response,
@@ -111,7 +133,7 @@ pub(super) async fn respond(socket: &mut TcpStream, request: Request<Body>, app:
         parts.headers.remove(name);
     }
     let head = response_head(&Response::from_parts(parts, ()), length, chunked);
-    match unless_shutdown(shutdown, socket.write_all(&head)).await {
+    match stops.unless_stopped(socket.write_all(&head)).await {
         Some(Ok(())) => Some((body, chunked)),
         _ => None,
     }
@@ -120,15 +142,15 @@ pub(super) async fn respond(socket: &mut TcpStream, request: Request<Body>, app:
 /// Writes `body` until it ends, with the last chunk when `chunked`, and closes the socket.
 /// The body is read only while the socket takes writes, as hyper does, so a client that
 /// stops reading stops its stream, and the hub disconnects it once its queue is full.
-pub(super) async fn write_body(mut socket: TcpStream, body: Body, chunked: bool, shutdown: CancellationToken) {
-    if pump(&mut socket, body, chunked, &shutdown).await.is_some() {
+pub(super) async fn write_body(mut socket: TcpStream, body: Body, chunked: bool, stops: Stops) {
+    if pump(&mut socket, body, chunked, &stops).await.is_some() {
         let _ = socket.shutdown().await;
     }
 }
 
 /// Writes the body; `None` when the client went away, the body failed, or a write was
 /// still blocked at shutdown.
-async fn pump(socket: &mut TcpStream, mut body: Body, chunked: bool, shutdown: &CancellationToken) -> Option<()> {
+async fn pump(socket: &mut TcpStream, mut body: Body, chunked: bool, stops: &Stops) -> Option<()> {
     let (mut reader, mut writer) = socket.split();
     let mut probe = [0u8; 32];
     loop {
@@ -154,13 +176,13 @@ async fn pump(socket: &mut TcpStream, mut body: Body, chunked: bool, shutdown: &
         if chunked {
             let size = format!("{:X}\r\n", data.len());
             let mut chunk = Buf::chain(Buf::chain(size.as_bytes(), data), &b"\r\n"[..]);
-            unless_shutdown(shutdown, writer.write_all_buf(&mut chunk)).await?.ok()?;
+            stops.unless_stopped(writer.write_all_buf(&mut chunk)).await?.ok()?;
         } else {
-            unless_shutdown(shutdown, writer.write_all_buf(&mut data)).await?.ok()?;
+            stops.unless_stopped(writer.write_all_buf(&mut data)).await?.ok()?;
         }
     }
     if chunked {
-        unless_shutdown(shutdown, writer.write_all(b"0\r\n\r\n")).await?.ok()?;
+        stops.unless_stopped(writer.write_all(b"0\r\n\r\n")).await?.ok()?;
     }
     Some(())
 }

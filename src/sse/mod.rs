@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{CorsOrigins, StreamConfig};
 use crate::hub::{Hub, Resume};
+use crate::serve::ConnectionAbort;
 use crate::stats::{RejectReason, Stats};
 use crate::topic::{self, FilterLimits};
 
@@ -86,6 +87,7 @@ impl IntoResponse for StreamError {
 /// `GET /api/stream.json?channel=FILTER[&channel=FILTER...][&lastEventId=ID]`
 pub async fn stream(
     State(state): State<StreamState>,
+    abort: Option<axum::Extension<ConnectionAbort>>,
     headers: HeaderMap,
     query: axum::extract::RawQuery,
 ) -> Response {
@@ -106,7 +108,10 @@ pub async fn stream(
     };
 
     let resume = parse_resume(&headers, &query);
-    let membership = match tokio::time::timeout(SUBSCRIBE_TIMEOUT, state.hub.join(filters, resume)).await {
+    // Evicting the client closes its HTTP/1.x connection at once, even while a write to it
+    // is blocked; an HTTP/2 stream ends when its body is next polled.
+    let evicted = abort.map(|axum::Extension(abort)| abort.0).unwrap_or_default();
+    let membership = match tokio::time::timeout(SUBSCRIBE_TIMEOUT, state.hub.join(filters, resume, evicted)).await {
         Ok(Ok(membership)) => membership,
         Ok(Err(error)) => {
             tracing::error!(%error, "stream subscription failed");
