@@ -274,6 +274,23 @@ version_of() {
     dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo "not installed"
 }
 
+# Prints the runs an earlier report holds, each heading one level deeper: its latest run
+# (from "## Run" up to "## Earlier runs") and the runs it already kept below that.
+earlier_runs() {
+    [ -f "$1" ] || return 0
+    awk '
+        /^## Earlier runs$/ { earlier = 1; next }
+        /^## Run$/ { latest = 1 }
+        earlier && /^Each earlier full run/ { next }
+        earlier { print; next }
+        latest && /^#/ { print "#" $0; next }
+        latest { print }
+    ' "$1"
+}
+
+PREVIOUS="$WORK/previous.md"
+earlier_runs "$OUT" >"$PREVIOUS"
+
 {
     cat <<'TEXT'
 # Benchmarks
@@ -314,8 +331,10 @@ last arrival.
   level 6 with the call sequence of lokstream's dump compressor (that code is private to
   the library), against `gzip -6`; the fastest of three runs counts.
 
-A full run takes about ten minutes: `scripts/bench.sh`. CI runs `scripts/bench.sh --smoke`,
-which uses tiny counts on a debug build so that the harness cannot rot.
+A full run takes about ten minutes: `scripts/bench.sh`. It writes its tables at the top and
+keeps the tables of earlier runs under "Earlier runs", so each change shows its before and
+after. CI runs `scripts/bench.sh --smoke`, which uses tiny counts on a debug build so that
+the harness cannot rot.
 TEXT
     echo
     echo "## Run"
@@ -333,6 +352,14 @@ TEXT
     echo "| lokstream | $("$BIN/lokstream" --version), $(rustc --version) |"
     echo
     "${BENCH[@]}" report
+    if [ -s "$PREVIOUS" ]; then
+        echo
+        echo "## Earlier runs"
+        echo
+        echo "Each earlier full run of the script, newest first, as it was written."
+        echo
+        cat "$PREVIOUS"
+    fi
 } >"$OUT"
 
 step "wrote $OUT"
