@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{BrokerError, Delivery, Session};
+use bytes::Bytes;
+
+use crate::broker::{Broker, BrokerError, Delivery, Publication, Session};
 use crate::publisher::{Origin, PublishError, Publisher};
 use crate::stats::{LogLimiter, RejectReason, Stats};
 use crate::topic;
@@ -27,35 +29,40 @@ const MAX_BATCH_DELIVERIES: usize = 256;
 /// payloads stays near this size plus its last payload.
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
-/// Runs until `shutdown` fires or the session ends. On shutdown it first publishes what
-/// the session already delivered: the broker has acknowledged those messages.
+/// How long the ingest loop waits at shutdown for the broker's acknowledged publishes.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The broker and filter the ingest loop needs at shutdown to take every publish the broker
+/// acknowledged.
+pub struct Drain {
+    pub broker: Arc<dyn Broker>,
+    /// The filter the ingest session subscribed to.
+    pub filter: String,
+}
+
+/// Runs until `shutdown` fires or the session ends. On shutdown it publishes what the broker
+/// already acknowledged: it closes the MQTT clients, then reads up to a marker published
+/// after that, or, where the broker cannot place one, what the session already delivered.
 pub async fn run(
     mut deliveries: mpsc::Receiver<Delivery>,
     publisher: Arc<Publisher>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
+    drain: Drain,
 ) {
     let ingest = Ingest {
         publisher,
         stats,
         topic_log: LogLimiter::new(Duration::from_secs(1)),
         failure_log: LogLimiter::new(Duration::from_secs(1)),
+        lost_log: LogLimiter::new(Duration::from_secs(1)),
     };
 
     loop {
         let first = tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
-                let mut drained = 0;
-                loop {
-                    let batch = take_batch(None, &mut deliveries);
-                    if batch.is_empty() {
-                        break;
-                    }
-                    drained += batch.len();
-                    ingest.handle(batch).await;
-                }
-                tracing::info!(drained, "ingest drained at shutdown");
+                ingest.drain(&mut deliveries, &drain).await;
                 break;
             }
             delivery = deliveries.recv() => match delivery {
@@ -74,6 +81,10 @@ pub async fn run(
         ingest.handle(batch).await;
     }
     tracing::info!("ingest loop stopped");
+}
+
+fn is_marker(delivery: &Delivery, marker: &str) -> bool {
+    matches!(delivery, Delivery::Message { topic, .. } if topic.as_ref() == marker.as_bytes())
 }
 
 /// Returns `first` and the deliveries queued behind it, up to the batch limits.
@@ -101,9 +112,57 @@ struct Ingest {
     stats: Arc<Stats>,
     topic_log: LogLimiter,
     failure_log: LogLimiter,
+    lost_log: LogLimiter,
 }
 
 impl Ingest {
+    /// Publishes every delivery up to the drain marker, or only those already queued when
+    /// the broker gives no marker.
+    async fn drain(&self, deliveries: &mut mpsc::Receiver<Delivery>, drain: &Drain) {
+        let mut drained = 0;
+        let Some(marker) = drain.broker.close_clients(&drain.filter) else {
+            loop {
+                let batch = take_batch(None, deliveries);
+                if batch.is_empty() {
+                    break;
+                }
+                drained += batch.len();
+                self.handle(batch).await;
+            }
+            tracing::info!(drained, "ingest drained at shutdown");
+            return;
+        };
+
+        let publication = Publication {
+            topic: marker.clone(),
+            payload: Bytes::new(),
+        };
+        if let Err(error) = drain.broker.publish(vec![publication]).await {
+            tracing::error!(%error, "publishing the ingest drain marker failed; only queued messages were drained");
+            return;
+        }
+        let reached = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while let Some(first) = deliveries.recv().await {
+                let mut batch = take_batch(Some(first), deliveries);
+                let at_marker = batch.iter().position(|delivery| is_marker(delivery, &marker));
+                if let Some(position) = at_marker {
+                    batch.truncate(position);
+                }
+                drained += batch.len();
+                self.handle(batch).await;
+                if at_marker.is_some() {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        match reached {
+            Ok(true) => tracing::info!(drained, "ingest drained at shutdown"),
+            _ => tracing::warn!(drained, timeout_secs = DRAIN_TIMEOUT.as_secs(), "ingest drain ended before the marker; some acknowledged MQTT messages may be missing"),
+        }
+    }
+
     /// Publishes the messages of `batch` together. Rejections and losses are counted per
     /// delivery.
     async fn handle(&self, batch: Vec<Delivery>) {
@@ -118,7 +177,9 @@ impl Ingest {
                 }
                 Delivery::Lost { count, .. } => {
                     Stats::add(&self.stats.broker_messages_lost, *count);
-                    tracing::error!(lost = count, "ingest fell behind and the broker dropped messages");
+                    if let Some(suppressed) = self.lost_log.check() {
+                        tracing::error!(lost = count, suppressed, "ingest fell behind and the broker dropped messages");
+                    }
                 }
             }
         }

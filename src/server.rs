@@ -191,7 +191,11 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         // The subscription stays registered and is made when the broker comes.
         Err(_) => tracing::warn!(filter = ingest_filter, "the broker is not reachable yet; MQTT ingest starts once it is"),
     }
-    let ingest = tokio::spawn(ingest::run(ingest_deliveries, publisher.clone(), stats.clone(), shutdown.clone()));
+    let drain = ingest::Drain {
+        broker: broker.clone(),
+        filter: ingest_filter.clone(),
+    };
+    let ingest = tokio::spawn(ingest::run(ingest_deliveries, publisher.clone(), stats.clone(), shutdown.clone(), drain));
     let import = dump.start_import(publisher.clone(), shutdown.clone());
 
     let (hub_session, hub_deliveries) = broker.open_session("hub", HUB_QUEUE).await?;

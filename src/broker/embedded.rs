@@ -33,6 +33,7 @@ use rumqttd::{
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::front::{self, AuthPolicy, Credentials, FrontSettings};
 use super::websocket;
@@ -66,6 +67,8 @@ pub struct EmbeddedBroker {
     listeners: Vec<Listener>,
     servers: Vec<JoinHandle<()>>,
     healthy: Arc<AtomicBool>,
+    /// Cancelled by [`Broker::close_clients`]; closes the MQTT front's connections.
+    closing: CancellationToken,
 }
 
 impl EmbeddedBroker {
@@ -103,6 +106,7 @@ impl EmbeddedBroker {
 
         let internal_login = Credentials::random();
         let internal = connection_settings(config, Some(&internal_login));
+        let closing = CancellationToken::new();
         let loopback = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0);
         let v4_tx = router_tx.clone();
         let make_v4 = move |settings| Server::new(settings, v4_tx.clone(), V4);
@@ -129,6 +133,7 @@ impl EmbeddedBroker {
                 max_connections: config.mqtt.max_connections,
                 max_packet_bytes: config.stream.batch_max_bytes,
                 stats,
+                closing: closing.clone(),
             },
         ));
 
@@ -167,6 +172,7 @@ impl EmbeddedBroker {
             listeners,
             servers,
             healthy,
+            closing,
         })
     }
 }
@@ -207,6 +213,18 @@ impl Broker for EmbeddedBroker {
             Ok((Session::new(commands), receiver))
         }
         .boxed()
+    }
+
+    fn close_clients(&self, ingest_filter: &str) -> Option<String> {
+        self.closing.cancel();
+        // The router appends every acknowledged publish to the ingest filter's log before
+        // its PUBACK, and appends this later publish after them.
+        let marker = format!("lokstream-drain-{:016x}", rand::random::<u64>());
+        let levels: Vec<&str> = ingest_filter
+            .split('/')
+            .map(|level| if level == "+" || level == "#" { marker.as_str() } else { level })
+            .collect();
+        Some(levels.join("/"))
     }
 
     fn listeners(&self) -> Vec<Listener> {

@@ -20,6 +20,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use credentials::Credentials;
@@ -65,9 +66,13 @@ pub struct FrontSettings {
     /// one is disconnected.
     pub max_packet_bytes: usize,
     pub stats: Arc<Stats>,
+    /// Cancelled at shutdown: the front then accepts no client and closes every open one at
+    /// once, so that the broker acknowledges no further publish.
+    pub closing: CancellationToken,
 }
 
-/// Serves clients on `listener` until the returned task is aborted.
+/// Serves clients on `listener` until `settings.closing` is cancelled or the returned task
+/// is aborted.
 pub fn spawn(listener: TcpListener, settings: FrontSettings) -> JoinHandle<()> {
     let permits = Arc::new(Semaphore::new(settings.max_connections.min(Semaphore::MAX_PERMITS)));
     tokio::spawn(accept_loop(listener, Arc::new(settings), permits))
@@ -75,7 +80,11 @@ pub fn spawn(listener: TcpListener, settings: FrontSettings) -> JoinHandle<()> {
 
 async fn accept_loop(listener: TcpListener, settings: Arc<FrontSettings>, permits: Arc<Semaphore>) {
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            _ = settings.closing.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 if let Some(suppressed) = ACCEPT_LOG.check() {
@@ -95,7 +104,11 @@ async fn accept_loop(listener: TcpListener, settings: Arc<FrontSettings>, permit
         };
 
         let span = tracing::debug_span!("mqtt_connection", %peer);
-        tokio::spawn(serve_connection(stream, settings.clone(), permit).instrument(span));
+        let closing = settings.closing.clone();
+        let connection = serve_connection(stream, settings.clone(), permit);
+        // Dropping the connection closes both of its sockets, so nothing the broker sends
+        // after this, a PUBACK included, reaches the client.
+        tokio::spawn(async move { closing.run_until_cancelled(connection).await }.instrument(span));
     }
 }
 
