@@ -244,7 +244,7 @@ else
 fi
 
 step "case 3: idle connections ($IDLE_STREAMS streams)"
-start_lokstream idle
+start_lokstream idle --set stream.connections.max=$((IDLE_STREAMS + 100))
 "${BENCH[@]}" idle --server lokstream --http "$LOK_HTTP" --connections "$IDLE_STREAMS" --pid "$LOK_PID"
 stop "$LOK_PID"
 if have_nchan; then

@@ -18,6 +18,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "conf/config.properties";
 /// Prefix of environment variables that override keys.
 pub const ENV_PREFIX: &str = "LOKSTREAM_";
 
+/// The most segments a broker log may have; memory is bounded by the segment size anyway.
+const MAX_LOG_SEGMENTS: u64 = 65_536;
+
 /// Every key with its default. `conf/config.properties` documents the same keys; a test
 /// keeps the two in step.
 pub const KEYS: &[(&str, &str)] = &[
@@ -532,8 +535,10 @@ fn mqtt_config(s: &Settings) -> Result<MqttConfig, ConfigError> {
         auth_subscribe: auth_subscribe(s)?,
         // rumqttd panics on segments under 1 KiB.
         log_segment_bytes: s.usize_at_least("mqtt.log.segment_bytes", 1024)?,
-        log_segments: s.usize_at_least("mqtt.log.segments", 1)?,
-        ingest_log_segments: s.usize_at_least("mqtt.ingest.log.segments", 1)?,
+        // rumqttd reserves room for every segment of a log when it creates the log, so a
+        // huge count fails at the first subscription instead of at start-up.
+        log_segments: s.in_range("mqtt.log.segments", 1, MAX_LOG_SEGMENTS)? as usize,
+        ingest_log_segments: s.in_range("mqtt.ingest.log.segments", 1, MAX_LOG_SEGMENTS)? as usize,
         external_address,
         username: optional("mqtt.username"),
         password: optional("mqtt.password"),
@@ -672,6 +677,17 @@ mod tests {
 
         let config = Config::with_overrides(&[("dump.retain.days", "36500")]).expect("100 years is valid");
         assert_eq!(config.dump.retain_days, 36_500);
+    }
+
+    #[test]
+    fn huge_log_segment_counts_are_invalid() {
+        for key in ["mqtt.log.segments", "mqtt.ingest.log.segments"] {
+            for value in ["1000000000", "18446744073709551615"] {
+                let error = Config::with_overrides(&[(key, value)]).unwrap_err().to_string();
+                assert!(error.contains(key) && error.contains("at most 65536"), "{key}={value}: {error}");
+            }
+            assert!(Config::with_overrides(&[(key, "65536")]).is_ok(), "{key}=65536");
+        }
     }
 
     #[test]
