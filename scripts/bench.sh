@@ -328,7 +328,7 @@ last arrival.
   `VmRSS` (all nginx processes summed) before and after. PSS splits the memory nginx's
   workers share, which RSS counts once per worker.
 - **Dump compression**: a file of corpus lines of some tens of MB, compressed by flate2 at
-  level 6 with the call sequence of lokstream's dump compressor (that code is private to
+  level 5 with the call sequence of lokstream's dump compressor (that code is private to
   the library), against `gzip -6`; the fastest of three runs counts.
 
 A full run takes about ten minutes: `scripts/bench.sh`. It writes its tables at the top and

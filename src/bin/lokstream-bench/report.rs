@@ -223,12 +223,22 @@ fn render_compress(out: &mut String, records: &[&CompressRecord]) {
     }
 
     if let [lokstream, gzip, ..] = records {
-        let checks = [Check {
-            name: format!("{} MB/s ÷ {} MB/s", lokstream.compressor, gzip.compressor),
-            measured: format!("{:.2}×", megabytes_per_sec(lokstream) / megabytes_per_sec(gzip)),
-            target: "none (for comparison)".into(),
-            met: None,
-        }];
+        let speed = megabytes_per_sec(lokstream) / megabytes_per_sec(gzip);
+        let size = lokstream.output_bytes as f64 / gzip.output_bytes.max(1) as f64;
+        let checks = [
+            Check {
+                name: format!("{} MB/s ÷ {} MB/s", lokstream.compressor, gzip.compressor),
+                measured: format!("{speed:.2}×"),
+                target: "≥ 2×".into(),
+                met: Some(speed >= 2.0),
+            },
+            Check {
+                name: format!("{} output ÷ {} output", lokstream.compressor, gzip.compressor),
+                measured: format!("{size:.3}×"),
+                target: "≤ 1.1×".into(),
+                met: Some(size <= 1.1),
+            },
+        ];
         render_checks(out, &checks);
     } else {
         out.push('\n');
