@@ -318,7 +318,13 @@ last arrival.
   raised so that it drops nothing) one subscriber receives the publish topic. Where
   `received` is below `sent`, the server dropped messages and the rate counts only those
   that arrived; `lost in broker` is lokstream's `broker.messages_lost`, messages its
-  embedded broker dropped because a subscriber fell behind its in-memory log.
+  embedded broker dropped because a subscriber fell behind its in-memory log. The MQTT
+  subscriber may receive fewer than `sent` at QoS 1: the broker drops the oldest messages
+  for a subscriber that falls behind its channel log, and counts them apart from
+  `lost in broker`, which is the server's own ingest and hub. At QoS 0 lokstream spends
+  about three times Mosquitto's CPU per message, because it parses, stores and fans out
+  each one; `docs/benchmarks/ingest.md` has the profile and why 1.5 times Mosquitto is
+  out of reach on this design.
 - **Fan-out**: SSE clients on one channel, one publisher at fixed rates and at full speed,
   fresh clients per rate. lokstream's publisher sends QoS 1 over MQTT to the ingest topic
   (dumps on); nchan's POSTs to an `nchan_publisher` location over 4 keep-alive connections,
