@@ -29,15 +29,14 @@ const MAX_BATCH_DELIVERIES: usize = 256;
 /// payloads stays near this size plus its last payload.
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
-/// How long the ingest loop waits at shutdown for the broker's acknowledged publishes.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// The broker and filter the ingest loop needs at shutdown to take every publish the broker
 /// acknowledged.
 pub struct Drain {
     pub broker: Arc<dyn Broker>,
     /// The filter the ingest session subscribed to.
     pub filter: String,
+    /// How long to wait at shutdown for the broker's acknowledged publishes.
+    pub timeout: Duration,
 }
 
 /// Runs until `shutdown` fires or the session ends. On shutdown it publishes what the broker
@@ -83,8 +82,26 @@ pub async fn run(
     tracing::info!("ingest loop stopped");
 }
 
-fn is_marker(delivery: &Delivery, marker: &str) -> bool {
-    matches!(delivery, Delivery::Message { topic, .. } if topic.as_ref() == marker.as_bytes())
+/// The drain marker: a topic under the ingest filter and a payload no client sends. The
+/// topic alone cannot tell it apart when the filter has no wildcard.
+struct Marker {
+    topic: String,
+    payload: Bytes,
+}
+
+impl Marker {
+    fn new(topic: String) -> Marker {
+        let payload = format!("lokstream-drain-{:032x}", rand::random::<u128>());
+        Marker {
+            topic,
+            payload: Bytes::from(payload),
+        }
+    }
+
+    fn is(&self, delivery: &Delivery) -> bool {
+        matches!(delivery, Delivery::Message { topic, payload, .. }
+            if topic.as_ref() == self.topic.as_bytes() && *payload == self.payload)
+    }
 }
 
 /// Returns `first` and the deliveries queued behind it, up to the batch limits.
@@ -120,7 +137,7 @@ impl Ingest {
     /// the broker gives no marker.
     async fn drain(&self, deliveries: &mut mpsc::Receiver<Delivery>, drain: &Drain) {
         let mut drained = 0;
-        let Some(marker) = drain.broker.close_clients(&drain.filter) else {
+        let Some(topic) = drain.broker.close_clients(&drain.filter).await else {
             loop {
                 let batch = take_batch(None, deliveries);
                 if batch.is_empty() {
@@ -133,18 +150,19 @@ impl Ingest {
             return;
         };
 
+        let marker = Marker::new(topic);
         let publication = Publication {
-            topic: marker.clone(),
-            payload: Bytes::new(),
+            topic: marker.topic.clone(),
+            payload: marker.payload.clone(),
         };
         if let Err(error) = drain.broker.publish(vec![publication]).await {
             tracing::error!(%error, "publishing the ingest drain marker failed; only queued messages were drained");
             return;
         }
-        let reached = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let reached = tokio::time::timeout(drain.timeout, async {
             while let Some(first) = deliveries.recv().await {
                 let mut batch = take_batch(Some(first), deliveries);
-                let at_marker = batch.iter().position(|delivery| is_marker(delivery, &marker));
+                let at_marker = batch.iter().position(|delivery| marker.is(delivery));
                 if let Some(position) = at_marker {
                     batch.truncate(position);
                 }
@@ -159,7 +177,7 @@ impl Ingest {
         .await;
         match reached {
             Ok(true) => tracing::info!(drained, "ingest drained at shutdown"),
-            _ => tracing::warn!(drained, timeout_secs = DRAIN_TIMEOUT.as_secs(), "ingest drain ended before the marker; some acknowledged MQTT messages may be missing"),
+            _ => tracing::warn!(drained, timeout_secs = drain.timeout.as_secs(), "ingest drain ended before the marker; some acknowledged MQTT messages may be missing"),
         }
     }
 

@@ -194,6 +194,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
     let drain = ingest::Drain {
         broker: broker.clone(),
         filter: ingest_filter.clone(),
+        timeout: Duration::from_secs(config.shutdown_grace_secs),
     };
     let ingest = tokio::spawn(ingest::run(ingest_deliveries, publisher.clone(), stats.clone(), shutdown.clone(), drain));
     let import = dump.start_import(publisher.clone(), shutdown.clone());

@@ -49,7 +49,18 @@ async fn publish_tracking_acks(address: std::net::SocketAddr, lines: Vec<String>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_shutdown() {
-    let mut server = TestServer::start().await;
+    check_acknowledged_are_stored(&[]).await;
+}
+
+/// The drain marker must be told apart from messages on the same topic when the ingest
+/// filter has no wildcard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_ingest_topic_drains_too() {
+    check_acknowledged_are_stored(&[("stream.ingest.topic", "ingest/shutdown")]).await;
+}
+
+async fn check_acknowledged_are_stored(overrides: &[(&str, &str)]) {
+    let mut server = TestServer::start_with(overrides).await;
     let lines: Vec<String> = corpus_lines().into_iter().take(4000).collect();
     let (acked_tx, mut acked_rx) = watch::channel(0);
     let publisher = tokio::spawn(publish_tracking_acks(server.mqtt, lines.clone(), acked_tx));

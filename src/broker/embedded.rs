@@ -34,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::front::{self, AuthPolicy, Credentials, FrontSettings};
 use super::websocket;
@@ -69,6 +70,8 @@ pub struct EmbeddedBroker {
     healthy: Arc<AtomicBool>,
     /// Cancelled by [`Broker::close_clients`]; closes the MQTT front's connections.
     closing: CancellationToken,
+    /// The MQTT front's client connections.
+    client_connections: TaskTracker,
 }
 
 impl EmbeddedBroker {
@@ -107,6 +110,7 @@ impl EmbeddedBroker {
         let internal_login = Credentials::random();
         let internal = connection_settings(config, Some(&internal_login));
         let closing = CancellationToken::new();
+        let client_connections = TaskTracker::new();
         let loopback = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0);
         let v4_tx = router_tx.clone();
         let make_v4 = move |settings| Server::new(settings, v4_tx.clone(), V4);
@@ -134,6 +138,7 @@ impl EmbeddedBroker {
                 max_packet_bytes: config.stream.batch_max_bytes,
                 stats,
                 closing: closing.clone(),
+                connections: client_connections.clone(),
             },
         ));
 
@@ -173,6 +178,7 @@ impl EmbeddedBroker {
             servers,
             healthy,
             closing,
+            client_connections,
         })
     }
 }
@@ -215,16 +221,24 @@ impl Broker for EmbeddedBroker {
         .boxed()
     }
 
-    fn close_clients(&self, ingest_filter: &str) -> Option<String> {
+    fn close_clients(&self, ingest_filter: &str) -> BoxFuture<'_, Option<String>> {
         self.closing.cancel();
+        self.client_connections.close();
         // The router appends every acknowledged publish to the ingest filter's log before
-        // its PUBACK, and appends this later publish after them.
-        let marker = format!("lokstream-drain-{:016x}", rand::random::<u64>());
+        // its PUBACK, and appends a publish made after this one behind them. Any level
+        // stands in for a wildcard.
         let levels: Vec<&str> = ingest_filter
             .split('/')
-            .map(|level| if level == "+" || level == "#" { marker.as_str() } else { level })
+            .map(|level| if level == "+" || level == "#" { "lokstream-drain" } else { level })
             .collect();
-        Some(levels.join("/"))
+        let topic = levels.join("/");
+        async move {
+            // A connection still open could pass on a PUBACK for a publish that the router
+            // appends after the marker.
+            self.client_connections.wait().await;
+            Some(topic)
+        }
+        .boxed()
     }
 
     fn listeners(&self) -> Vec<Listener> {

@@ -87,13 +87,13 @@ pub trait Broker: Send + Sync + 'static {
     /// Sockets the broker listens on; empty for an external broker.
     fn listeners(&self) -> Vec<Listener>;
 
-    /// Closes every MQTT client connection and accepts no new one, so that the broker
-    /// acknowledges no further publish. Returns a topic under `ingest_filter` whose
+    /// Closes every MQTT client connection, waits until all are closed, and accepts no new
+    /// one, so that no further PUBACK reaches a client. Returns a topic that `ingest_filter` matches, whose
     /// publish, made after this call, reaches the ingest session after every publish the
     /// broker acknowledged before. `None` when the broker cannot promise that, as an
     /// external broker shared by replicas cannot.
-    fn close_clients(&self, _ingest_filter: &str) -> Option<String> {
-        None
+    fn close_clients(&self, _ingest_filter: &str) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async { None })
     }
 
     /// Channel publishes the broker could not take and that were dropped.

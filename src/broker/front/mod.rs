@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use credentials::Credentials;
@@ -69,6 +70,8 @@ pub struct FrontSettings {
     /// Cancelled at shutdown: the front then accepts no client and closes every open one at
     /// once, so that the broker acknowledges no further publish.
     pub closing: CancellationToken,
+    /// Tracks the client connections, so that shutdown can wait until all are closed.
+    pub connections: TaskTracker,
 }
 
 /// Serves clients on `listener` until `settings.closing` is cancelled or the returned task
@@ -108,7 +111,9 @@ async fn accept_loop(listener: TcpListener, settings: Arc<FrontSettings>, permit
         let connection = serve_connection(stream, settings.clone(), permit);
         // Dropping the connection closes both of its sockets, so nothing the broker sends
         // after this, a PUBACK included, reaches the client.
-        tokio::spawn(async move { closing.run_until_cancelled(connection).await }.instrument(span));
+        settings
+            .connections
+            .spawn(async move { closing.run_until_cancelled(connection).await }.instrument(span));
     }
 }
 
