@@ -351,7 +351,8 @@ async fn evicted_slow_client_resumes_from_history() {
 
     // The end message goes to two channels, 'all' and 'test', so '#' gets it twice. The
     // hub may still be dispatching the backlog while the replay is read, which can evict
-    // the resumed stream too. Then it resumes again, as a browser would.
+    // the resumed stream too, cutting its connection. Then it resumes again, as a browser
+    // would.
     let mut ends = 0;
     let mut resumes = 0;
     while ends < 2 {
@@ -360,7 +361,7 @@ async fn evicted_slow_client_resumes_from_history() {
         let last = events.last().unwrap().id.clone().unwrap();
         let mut client = resume(&server.stream_url(&["#"]), &last).await;
         while ends < 2 {
-            let Some(event) = client.next_event().await else {
+            let Some(event) = client.next_event_until_cut().await else {
                 break;
             };
             assert!(!is_gap(&event), "gap after {} events: {event:?}", events.len());

@@ -174,12 +174,21 @@ impl SseClient {
 
     /// The next event, or `None` when the stream ended.
     pub async fn next_event(&mut self) -> Option<SseEvent> {
-        tokio::time::timeout(PATIENCE, self.read_event())
+        tokio::time::timeout(PATIENCE, self.read_event(false))
             .await
             .expect("timed out waiting for an SSE event")
     }
 
-    async fn read_event(&mut self) -> Option<SseEvent> {
+    /// The next event, or `None` when the stream ended or its connection was cut, as the
+    /// server does to a client it disconnects; an event cut in the middle is dropped, as
+    /// a browser drops it.
+    pub async fn next_event_until_cut(&mut self) -> Option<SseEvent> {
+        tokio::time::timeout(PATIENCE, self.read_event(true))
+            .await
+            .expect("timed out waiting for an SSE event")
+    }
+
+    async fn read_event(&mut self, cut_ends: bool) -> Option<SseEvent> {
         let mut event = SseEvent::default();
         let mut has_data = false;
         loop {
@@ -217,6 +226,7 @@ impl SseClient {
             }
             match self.body.next().await {
                 Some(Ok(chunk)) => self.buffer.extend_from_slice(&chunk),
+                Some(Err(_)) if cut_ends => return None,
                 Some(Err(error)) => panic!("SSE stream failed: {error}"),
                 None => return None,
             }
