@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::corpus::{now_us, Corpus};
 use crate::error::BenchError;
-use crate::http::{Connection, EventStream};
+use crate::http::{Connection, EventStream, StreamTarget};
 use crate::mqtt::Client;
 use crate::receive::{self, latency_histogram, Counters};
 use crate::results::{per_sec, FanoutRecord};
@@ -26,15 +26,8 @@ const LOKSTREAM_TOPIC: &str = "ingest/bench";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FanoutArgs {
-    /// Server name in the results.
-    #[arg(long)]
-    pub server: String,
-    /// HTTP listener the clients connect to.
-    #[arg(long)]
-    pub http: SocketAddr,
-    /// Path and query of the event stream.
-    #[arg(long, default_value = "/api/stream.json?channel=all")]
-    pub stream_path: String,
+    #[command(flatten)]
+    pub target: StreamTarget,
     /// lokstream's MQTT listener: the publisher sends QoS 1 publishes to `ingest/bench`.
     /// Without it the publisher POSTs each message to `--publish-path` (nchan).
     #[arg(long)]
@@ -79,7 +72,7 @@ pub async fn run(args: &FanoutArgs, corpus: Arc<Corpus>) -> Result<Vec<FanoutRec
             },
         };
         let record = run_step(args, corpus.clone(), offered).await?;
-        tracing::info!(server = args.server, offered, deliveries_per_sec = record.deliveries_per_sec, p99_ms = record.p99_ms, "fan-out step finished");
+        tracing::info!(server = args.target.server, offered, deliveries_per_sec = record.deliveries_per_sec, p99_ms = record.p99_ms, "fan-out step finished");
         records.push(record);
         // Lets the server finish closing the last step's streams before the next opens more.
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -93,7 +86,7 @@ async fn run_step(
     offered: Option<f64>,
 ) -> Result<FanoutRecord, BenchError> {
     let streams: Vec<EventStream> = futures_util::stream::iter(0..args.clients)
-        .map(|_| EventStream::open(args.http, None, &args.stream_path))
+        .map(|_| EventStream::open(args.target.http, None, &args.target.stream_path))
         .buffer_unordered(CONNECT_CONCURRENCY)
         .try_collect()
         .await?;
@@ -131,7 +124,7 @@ async fn run_step(
 
     let millis = |quantile: f64| latency.value_at_quantile(quantile) as f64 / 1000.0;
     Ok(FanoutRecord {
-        server: args.server.clone(),
+        server: args.target.server.clone(),
         clients: args.clients,
         offered_per_sec: offered,
         sent,
@@ -210,7 +203,7 @@ async fn publish_http(
     let (indexes, queue) = flume::bounded::<u64>(args.publish_connections);
     let mut workers = Vec::new();
     for _ in 0..args.publish_connections {
-        let mut connection = Connection::open(args.http).await?;
+        let mut connection = Connection::open(args.target.http).await?;
         let queue = queue.clone();
         let corpus = corpus.clone();
         let path = args.publish_path.clone();

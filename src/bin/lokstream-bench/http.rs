@@ -390,3 +390,18 @@ mod tests {
         assert_eq!(head.content_length, None);
     }
 }
+
+/// The server a streaming case measures, and the event stream its clients open.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StreamTarget {
+    /// Server name in the results.
+    #[arg(long)]
+    pub server: String,
+    /// HTTP listener the streams connect to.
+    #[arg(long)]
+    pub http: SocketAddr,
+    /// Path and query of the event stream.
+    #[arg(long, default_value = "/api/stream.json?channel=all")]
+    pub stream_path: String,
+}
+

@@ -4,13 +4,13 @@
 //! streams open and after they settle. PSS splits the shared memory that all of nginx's
 //! workers map, which RSS counts once per worker.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 
 use crate::error::BenchError;
-use crate::http::EventStream;
+use crate::http::{EventStream, StreamTarget};
 use crate::results::IdleRecord;
 
 /// Streams opened at once.
@@ -18,15 +18,8 @@ const CONNECT_CONCURRENCY: usize = 256;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct IdleArgs {
-    /// Server name in the results.
-    #[arg(long)]
-    pub server: String,
-    /// HTTP listener the streams connect to.
-    #[arg(long)]
-    pub http: SocketAddr,
-    /// Path and query of the event stream.
-    #[arg(long, default_value = "/api/stream.json?channel=all")]
-    pub stream_path: String,
+    #[command(flatten)]
+    pub target: StreamTarget,
     /// Streams to open.
     #[arg(long, default_value_t = 20_000)]
     pub connections: u32,
@@ -55,19 +48,19 @@ pub async fn run(args: &IdleArgs) -> Result<IdleRecord, BenchError> {
         .map(|index| {
             let last_octet = (index % u32::from(args.sources)) as u8 + 1;
             let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, last_octet));
-            EventStream::open(args.http, Some(source), &args.stream_path)
+            EventStream::open(args.target.http, Some(source), &args.target.stream_path)
         })
         .buffer_unordered(CONNECT_CONCURRENCY)
         .try_collect()
         .await?;
-    tracing::info!(server = args.server, connections = streams.len(), "idle streams open");
+    tracing::info!(server = args.target.server, connections = streams.len(), "idle streams open");
 
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     let (rss_after_kb, pss_after_kb) = memory_kb(&args.pids)?;
     drop(streams);
 
     Ok(IdleRecord {
-        server: args.server.clone(),
+        server: args.target.server.clone(),
         connections: args.connections,
         rss_before_kb,
         rss_after_kb,
