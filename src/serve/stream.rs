@@ -96,7 +96,7 @@ fn stream_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<Body>> {
     request.body(Body::empty()).ok()
 }
 
-/// What ends a stream's writes early.
+/// Signals that end a stream's writes early.
 pub(super) struct Stops {
     pub(super) shutdown: CancellationToken,
     /// Cancelled when the hub disconnected the stream's client.
@@ -174,7 +174,7 @@ async fn pump(socket: &mut TcpStream, mut body: Body, chunked: bool, stops: &Sto
             }
         };
         if chunked {
-            let size = format!("{:X}\r\n", data.len());
+            let size = ChunkSize::new(data.len());
             let mut chunk = Buf::chain(Buf::chain(size.as_bytes(), data), &b"\r\n"[..]);
             stops.unless_stopped(writer.write_all_buf(&mut chunk)).await?.ok()?;
         } else {
@@ -185,6 +185,34 @@ async fn pump(socket: &mut TcpStream, mut body: Body, chunked: bool, stops: &Sto
         stops.unless_stopped(writer.write_all(b"0\r\n\r\n")).await?.ok()?;
     }
     Some(())
+}
+
+/// The size line of a chunk, `<hex>\r\n`, formatted on the stack: every event written to
+/// every stream needs one.
+struct ChunkSize {
+    bytes: [u8; 18],
+    start: usize,
+}
+
+impl ChunkSize {
+    fn new(size: usize) -> ChunkSize {
+        let mut bytes = [0u8; 18];
+        bytes[16..].copy_from_slice(b"\r\n");
+        let mut start = 16;
+        let mut rest = size;
+        loop {
+            start -= 1;
+            bytes[start] = b"0123456789ABCDEF"[rest % 16];
+            rest /= 16;
+            if rest == 0 {
+                return ChunkSize { bytes, start };
+            }
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
 }
 
 /// Formats the status line and headers. The connection closes after the response, which is
@@ -244,6 +272,14 @@ mod tests {
         ];
         for head in cases {
             assert!(parse(head).is_none(), "taken: {head:?}");
+        }
+    }
+
+    #[test]
+    fn chunk_size_is_hex_with_crlf() {
+        for size in [0, 1, 15, 16, 255, 4096, 1 << 20, usize::MAX] {
+            let expected = format!("{size:X}\r\n");
+            assert_eq!(ChunkSize::new(size).as_bytes(), expected.as_bytes(), "{size}");
         }
     }
 
