@@ -18,7 +18,8 @@ pub const DEFAULT_CONFIG_PATH: &str = "conf/config.properties";
 /// Prefix of environment variables that override keys.
 pub const ENV_PREFIX: &str = "LOKSTREAM_";
 
-/// The most segments a broker log may have; memory is bounded by the segment size anyway.
+/// Maximum number of segments in one broker log. rumqttd reserves a slot for each segment
+/// when it creates a log, so a larger count only risks an allocation failure.
 const MAX_LOG_SEGMENTS: u64 = 65_536;
 
 /// Every key with its default. `conf/config.properties` documents the same keys; a test
@@ -684,7 +685,8 @@ mod tests {
         for key in ["mqtt.log.segments", "mqtt.ingest.log.segments"] {
             for value in ["1000000000", "18446744073709551615"] {
                 let error = Config::with_overrides(&[(key, value)]).unwrap_err().to_string();
-                assert!(error.contains(key) && error.contains("at most 65536"), "{key}={value}: {error}");
+                assert!(error.contains(key), "{key}={value}: {error}");
+                assert!(error.contains("at most 65536"), "{key}={value}: {error}");
             }
             assert!(Config::with_overrides(&[(key, "65536")]).is_ok(), "{key}=65536");
         }

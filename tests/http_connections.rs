@@ -116,9 +116,9 @@ async fn trickling_head_is_cut_off() {
     assert!(elapsed < Duration::from_secs(20), "closed only after {elapsed:?}");
 
     // A kept-alive connection gets the same limit for its next head.
-    let mut kept = send(&server, "GET /healthz HTTP/1.1\r\nHost: test\r\n\r\nGET /heal").await;
+    let mut kept_alive = send(&server, "GET /healthz HTTP/1.1\r\nHost: test\r\n\r\nGET /heal").await;
     let mut received = Vec::new();
-    read_until(&mut kept, &mut received, |_| false).await;
+    read_until(&mut kept_alive, &mut received, |_| false).await;
     assert!(has(&received, "200 OK"), "{}", text(&received));
     assert_eq!(text(&received).matches("HTTP/1.1").count(), 1, "{}", text(&received));
 }

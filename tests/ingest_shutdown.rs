@@ -52,8 +52,8 @@ async fn acknowledged_messages_survive_shutdown() {
     check_acknowledged_are_stored(&[]).await;
 }
 
-/// The drain marker must be told apart from messages on the same topic when the ingest
-/// filter has no wildcard.
+/// With an ingest filter without wildcards, the drain marker shares its topic with real
+/// messages, and only its payload distinguishes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_ingest_topic_drains_too() {
     check_acknowledged_are_stored(&[("stream.ingest.topic", "ingest/shutdown")]).await;

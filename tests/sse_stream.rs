@@ -632,8 +632,8 @@ async fn slow_client_is_disconnected() {
     assert!(drained.is_ok(), "the server did not close the stream of the slow client");
 }
 
-/// Opens a stalled stream and pushes until its writes block for good and the hub
-/// disconnects it; the stream must then close while its client still reads nothing.
+/// Opens a stalled stream and pushes until its writes block and the hub disconnects it.
+/// The stream must then close while its client still reads nothing.
 async fn check_stalled_stream_closes(after_other_request: bool) {
     let server = TestServer::start().await;
     let _stalled = open_stalled_stream(&server, "#", after_other_request).await;

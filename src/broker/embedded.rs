@@ -225,8 +225,8 @@ impl Broker for EmbeddedBroker {
         self.closing.cancel();
         self.client_connections.close();
         // The router appends every acknowledged publish to the ingest filter's log before
-        // its PUBACK, and appends a publish made after this one behind them. Any level
-        // stands in for a wildcard.
+        // its PUBACK, and appends a publish made after this one behind them. A fixed level
+        // replaces each wildcard.
         let levels: Vec<&str> = ingest_filter
             .split('/')
             .map(|level| if level == "+" || level == "#" { "lokstream-drain" } else { level })

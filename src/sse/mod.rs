@@ -109,7 +109,7 @@ pub async fn stream(
 
     let resume = parse_resume(&headers, &query);
     // Evicting the client closes its HTTP/1.x connection at once, even while a write to it
-    // is blocked; an HTTP/2 stream ends when its body is next polled.
+    // is blocked. An HTTP/2 stream ends only when its body is next polled.
     let evicted = abort.map(|axum::Extension(abort)| abort.0).unwrap_or_default();
     let membership = match tokio::time::timeout(SUBSCRIBE_TIMEOUT, state.hub.join(filters, resume, evicted)).await {
         Ok(Ok(membership)) => membership,

@@ -179,9 +179,8 @@ impl SseClient {
             .expect("timed out waiting for an SSE event")
     }
 
-    /// The next event, or `None` when the stream ended or its connection was cut, as the
-    /// server does to a client it disconnects; an event cut in the middle is dropped, as
-    /// a browser drops it.
+    /// The next event, or `None` when the stream ended or the server cut its connection, as
+    /// it does to a client it disconnects. Like a browser, it drops an event cut in two.
     pub async fn next_event_until_cut(&mut self) -> Option<SseEvent> {
         tokio::time::timeout(PATIENCE, self.read_event(true))
             .await
